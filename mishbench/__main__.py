@@ -1,0 +1,3 @@
+from mishbench.cli import main
+
+main()

@@ -1,0 +1,188 @@
+"""The op `linear_mish_mish(x, weight, bias, precision)`: dispatch, composite fallback and torch.compile glue.
+
+On CUDA tensors it calls `torch.ops.mishbench.linear_mish_mish` from the extension (csrc/), whose autograd
+is registered in C++ so the hot path for launch-bound shapes never enters Python. Everywhere else (CPU
+tensors, or a machine where the extension cannot be built or loaded) it runs `_CompositeLinearMishMish`: the
+same forward and hand-written backward in plain PyTorch ops. `implementation(device)` says which one runs.
+"""
+import warnings
+from typing import Optional, Tuple
+
+import torch
+from packaging.version import Version
+
+from .precision import PRECISIONS
+
+TORCH_VERSION = Version(torch.__version__.split("+")[0])
+HAS_TORCH_LIBRARY_FAKE = TORCH_VERSION >= Version("2.4")
+
+# Above this PyTorch's softplus is the identity (threshold=20), and so is tanh(softplus) in fp32.
+SOFTPLUS_THRESHOLD = 20.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Math (DESIGN.md, "The math"), in PyTorch ops: the composite path and the tests' analytic reference.
+# ---------------------------------------------------------------------------------------------------------
+def _tanh_softplus(x: torch.Tensor) -> torch.Tensor:
+    """tanh(log1p(eˣ)) = n(n+2) / (n(n+2) + 2) with n = eˣ; exp is clamped so nothing overflows."""
+    n = torch.exp(torch.clamp(x, max=SOFTPLUS_THRESHOLD))
+    t = n * (n + 2)
+    return t / (t + 2)
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """x·tanh(softplus(x)); x for x > 20; ~-0 for large negative x; NaN and -inf give NaN like F.mish."""
+    return torch.where(x > SOFTPLUS_THRESHOLD, x, x * _tanh_softplus(x))
+
+
+def mish_grad(x: torch.Tensor) -> torch.Tensor:
+    """d mish / dx = tanh(sp) + x·sigmoid(x)·(1 − tanh²(sp)), sp = softplus(x)."""
+    t = _tanh_softplus(x)
+    return t + x * torch.sigmoid(x) * (1 - t * t)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half types: the epilogue and reductions run in fp32 and round once, as the kernels do.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """The same checks, with the same meaning, as the CUDA host code: each names the argument."""
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dimension (..., in_features), got a 0-dim tensor")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"x has in_features={x.shape[-1]} in its last dimension but weight expects "
+            f"in_features={weight.shape[1]} (x shape {tuple(x.shape)}, weight shape {tuple(weight.shape)})")
+    if x.device != weight.device or (bias is not None and bias.device != x.device):
+        raise ValueError(f"x is on {x.device} but weight is on {weight.device}"
+                         + ("" if bias is None else f" and bias on {bias.device}")
+                         + ": all must be on one device")
+    if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(f"x has dtype {x.dtype} but weight has dtype {weight.dtype}"
+                        + ("" if bias is None else f" and bias {bias.dtype}")
+                        + ": all must share one dtype")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+def composite_forward(x, weight, bias, save_z: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """y = mish(mish(x·Wᵀ + b)); also returns z = x·Wᵀ + b when save_z."""
+    z = torch.nn.functional.linear(x, weight, bias)
+    zc = z.to(_compute_dtype(z.dtype))
+    y = mish(mish(zc)).to(x.dtype)
+    return y, (z if save_z else None)
+
+
+def composite_backward(grad_y, z, x, weight, needs: Tuple[bool, bool, bool]):
+    """dz = dy·mish'(mish(z))·mish'(z); dx = dz·W; dW = dzᵀ·x; db = Σ_batch dz (flattened leading dims)."""
+    cdt = _compute_dtype(z.dtype)
+    zc = z.to(cdt)
+    dz = grad_y.to(cdt) * mish_grad(mish(zc)) * mish_grad(zc)
+    dz2 = dz.reshape(-1, dz.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    dx = dW = db = None
+    if needs[0]:
+        dx = (dz.to(x.dtype) @ weight).reshape(x.shape)
+    if needs[1]:
+        dW = (dz2.t().to(x.dtype) @ x2).to(weight.dtype)
+    if needs[2]:
+        db = dz2.sum(0).to(weight.dtype)
+    return dx, dW, db
+
+
+class _CompositeLinearMishMish(torch.autograd.Function):
+    """Plain-PyTorch forward and analytic backward; saves only the pre-activation z (plus x, W)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, precision):
+        needs_grad = any(ctx.needs_input_grad[:3])
+        y, z = composite_forward(x, weight, bias, save_z=needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(z, x, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        z, x, weight = ctx.saved_tensors
+        dx, dW, db = composite_backward(grad_y, z, x, weight, tuple(ctx.needs_input_grad[:3]))
+        return dx, dW, db, None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The extension: loaded once, on first use with a CUDA tensor; one warning if it cannot be had.
+# ---------------------------------------------------------------------------------------------------------
+_ext_state = {"tried": False, "ok": False, "reason": None}
+
+
+def _load_extension() -> bool:
+    if not _ext_state["tried"]:
+        _ext_state["tried"] = True
+        from . import build  # imported late: importing torch.utils.cpp_extension costs ~0.3 s
+
+        module = build.load()
+        _ext_state["ok"] = module is not None and hasattr(torch.ops.mishbench, "linear_mish_mish")
+        if not _ext_state["ok"]:
+            _ext_state["reason"] = build.status().get("reason") or "the extension did not register its ops"
+            warnings.warn(f"mishbench: CUDA extension unavailable ({_ext_state['reason']}); "
+                          "running the composite PyTorch path (impl=composite)", RuntimeWarning, stacklevel=3)
+        elif HAS_TORCH_LIBRARY_FAKE:
+            _register_fakes()
+    return _ext_state["ok"]
+
+
+def extension_reason() -> Optional[str]:
+    """Why the extension is not in use (None if it is, or was never needed)."""
+    return _ext_state["reason"]
+
+
+def implementation(device) -> str:
+    """'cuda' when CUDA tensors on `device` run the fused kernels, else 'composite'."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and _load_extension():
+        return "cuda"
+    return "composite"
+
+
+def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, precision: str) -> torch.Tensor:
+    """y = mish(mish(x·Wᵀ + b)).
+
+    x: (..., in_features), weight: (out_features, in_features), bias: (out_features,) -> (..., out_features).
+    precision: one of PRECISIONS, already resolved for x's dtype and device (see precision.resolve_precision).
+    """
+    if x.is_cuda and _load_extension():
+        return torch.ops.mishbench.linear_mish_mish(x, weight, bias, precision)
+    _check_inputs(x, weight, bias)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return _CompositeLinearMishMish.apply(x, weight, bias, precision)
+
+
+def _register_fakes() -> None:
+    """Shape functions for torch.compile / FakeTensor (torch >= 2.4). Autograd is registered in C++."""
+    lib = "mishbench::"
+
+    def out_shape(x, weight):
+        return tuple(x.shape[:-1]) + (weight.shape[0],)
+
+    @torch.library.register_fake(lib + "linear_mish_mish")
+    def _(x, weight, bias, precision):
+        return x.new_empty(out_shape(x, weight))
+
+    @torch.library.register_fake(lib + "linear_mish_mish_fwd")
+    def _(x, weight, bias, precision, save_z):
+        y = x.new_empty(out_shape(x, weight))
+        z = x.new_empty(out_shape(x, weight)) if save_z else x.new_empty((0,))
+        return y, z
+
+    @torch.library.register_fake(lib + "linear_mish_mish_bwd")
+    def _(grad_y, z, x, weight, precision, output_mask):
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else x.new_empty((0,))
+        dW = torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] \
+            else weight.new_empty((0,))
+        db = weight.new_empty((weight.shape[0],)) if output_mask[2] else weight.new_empty((0,))
+        return dx, dW, db

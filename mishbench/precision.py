@@ -1,0 +1,135 @@
+"""Precision modes, dtypes and accuracy classes (DESIGN.md, "Precision modes and accuracy classes")."""
+import contextlib
+import functools
+from typing import Optional
+
+import torch
+
+PRECISIONS = ("ieee", "3xtf32", "tf32", "native")
+FP32_PRECISIONS = ("ieee", "3xtf32", "tf32")
+
+DTYPES = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp64": torch.float64,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """'fp32' | 'fp16' | 'bf16' | 'fp64' -> torch.dtype; ValueError naming the bad value otherwise."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}: expected one of {', '.join(DTYPES)}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def torch_allows_tf32() -> bool:
+    """Whether PyTorch's float32 matmul setting allows TF32 (what nn.Linear would do on a GPU).
+
+    torch >= 2.9 has `torch.backends.cuda.matmul.fp32_precision`; reading the legacy
+    `get_float32_matmul_precision()` after the new API was used raises, so the new one is read first.
+    """
+    matmul = torch.backends.cuda.matmul
+    new = getattr(matmul, "fp32_precision", None)
+    if new is not None:
+        if new == "none":  # inherits the generic setting
+            new = getattr(torch.backends, "fp32_precision", "ieee")
+        return new == "tf32"
+    return torch.get_float32_matmul_precision() != "highest"
+
+
+def has_tensor_cores(device: torch.device) -> bool:
+    """mma.sync tf32 needs sm_80+."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return _capability_major(device.index if device.index is not None else torch.cuda.current_device()) >= 8
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def default_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """The mode an fp32 input runs in when `precision=None`, following PyTorch's float32 matmul setting.
+
+    strict -> '3xtf32' on GPUs with tensor cores (fp32-class accuracy), 'ieee' elsewhere;
+    TF32 allowed -> 'tf32'. Non-fp32 dtypes always run 'native'. The CPU computes plain fp32 ('ieee').
+    """
+    if dtype != torch.float32:
+        return "native"
+    if device.type != "cuda":
+        return "ieee"
+    if torch_allows_tf32():
+        return "tf32" if has_tensor_cores(device) else "ieee"
+    return "3xtf32" if has_tensor_cores(device) else "ieee"
+
+
+def check_precision(precision: Optional[str]) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
+def check_combination(precision: Optional[str], dtype: torch.dtype) -> None:
+    """For the CLI: an fp32-only mode asked for with another dtype is a usage error naming both."""
+    check_precision(precision)
+    if dtype != torch.float32 and precision in FP32_PRECISIONS:
+        raise ValueError(f"precision {precision!r} applies to fp32 inputs only, not {dtype_name(dtype)}")
+
+
+def resolve_precision(precision: Optional[str], dtype: torch.dtype, device: torch.device) -> str:
+    """The mode that actually runs for inputs of `dtype` on `device`.
+
+    A model's `precision` is its choice for fp32 inputs: other dtypes (e.g. bf16 under autocast) run
+    'native'. 'native' for fp32 means 'ieee'. On the CPU, and on GPUs without tensor cores, every fp32
+    mode computes plain fp32 and is reported as 'ieee'.
+    """
+    check_precision(precision)
+    if precision is None:
+        return default_precision(dtype, device)
+    if dtype != torch.float32:
+        return "native"
+    if precision == "native" or not has_tensor_cores(device):
+        return "ieee"
+    return precision
+
+
+def accuracy_class(precision: str, dtype: torch.dtype) -> str:
+    """The baseline a run is held against: 'fp32' (ieee, 3xtf32), 'tf32', or the dtype's own name."""
+    if dtype == torch.float32:
+        return "tf32" if precision == "tf32" else "fp32"
+    return dtype_name(dtype)
+
+
+@contextlib.contextmanager
+def eager_matmul_mode(tf32: bool):
+    """Run eager PyTorch's fp32 matmuls with TF32 on or off, restoring the previous setting after.
+
+    Uses the API family the user's torch has: `fp32_precision` (torch >= 2.9; mixing it with the legacy
+    flags raises) or `allow_tf32`.
+    """
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        old = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = old
+    else:
+        old = matmul.allow_tf32
+        matmul.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = old
+
+
+def eager_uses_tf32(accuracy_class_name: str) -> bool:
+    return accuracy_class_name == "tf32"
