@@ -126,9 +126,9 @@ class BuiltinRunner(Runner):
 def reference_run(size: Size, state: State, x: torch.Tensor, grad_y: Optional[torch.Tensor],
                   dtype: torch.dtype, tf32: bool = False):
     """The reference Model with `state` in `dtype` on x's device: y and grads (x, weight, bias)."""
-    model = Model(size.in_features, size.out_features)
+    # Convert first, then load: loading a float64 state into fp32 parameters would round it.
+    model = Model(size.in_features, size.out_features).to(x.device, dtype)
     model.load_state_dict(state, strict=True)
-    model = model.to(x.device, dtype)
     xx = x.detach().to(dtype).clone().requires_grad_(grad_y is not None)
     with eager_matmul_mode(tf32):
         if grad_y is None:
