@@ -49,7 +49,9 @@ def test_run_without_gpu_verifies_on_cpu_and_says_why():
     result = invoke("run")
     assert result.exit_code == 0, result.output
     assert "need a CUDA GPU" in result.output
-    assert "PASSED" in result.output
+    # PASSED, or INCOMPLETE where a GPU-only check (cuda_graph) says skip; never FAILED.
+    assert "PASSED" in result.output or "INCOMPLETE" in result.output
+    assert "FAILED" not in result.output
 
 
 def test_python_m_mishbench_works():

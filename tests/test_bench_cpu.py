@@ -1,0 +1,331 @@
+"""`mishbench bench` on the CPU: flag parsing, the CSV schema, and the bench loop driven end to end with the
+host-clock timer — the OOM, error, mismatch, interrupt and resume paths simulated."""
+import io
+import sys
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from mishbench import bench, csvschema, timing
+from mishbench.cli import app
+from mishbench.shapes import Size
+
+DESIGN_COLUMNS = """run_id, timestamp, git_sha, gpu, driver, torch, cuda, world_size, impl, mode, dtype, precision,
+accuracy_class, batch, in_features, out_features, median_ms, p20_ms, p80_ms, iters, tflops, pct_of_peak,
+speedup_vs_eager, speedup_vs_compile, speedup_vs_fp32_eager, rel_err, compile_s, peak_mem_mb, seed,
+candidate_sha256, status"""
+
+CPU = torch.device("cpu")
+
+
+def cli_output(result) -> str:
+    out = result.output
+    try:
+        out += result.stderr
+    except (ValueError, AttributeError):  # click < 8.2 mixes stderr into output
+        pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------------------
+def test_parse_baselines_defaults_and_errors():
+    assert bench.parse_baselines(None, "kernelbench") == ["eager", "compile"]
+    assert bench.parse_baselines(None, "small") == ["eager", "compile"]
+    assert bench.parse_baselines(None, "custom") == ["eager", "compile"]
+    assert bench.parse_baselines(None, "sweep") == ["eager"]
+    assert bench.parse_baselines("compile-max, eager,compile-max", "sweep") == ["compile-max", "eager"]
+    assert bench.parse_baselines("compile", "sweep") == ["eager", "compile"]  # eager is always the baseline
+    with pytest.raises(ValueError, match="'fast'"):
+        bench.parse_baselines("eager,fast", "kernelbench")
+    with pytest.raises(ValueError, match="empty"):
+        bench.parse_baselines("eager,,compile", "kernelbench")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--sizes", "12x3"], "12x3"),
+    (["--sizes", "4x4x4,1x0x3"], "1x0x3"),
+    (["--preset", "huge"], "huge"),
+    (["--baselines", "eager,turbo"], "turbo"),
+    (["--mode", "sideways"], "sideways"),
+    (["--dtype", "fp8"], "fp8"),
+    (["--dtype", "bf16", "--precision", "tf32"], "tf32"),
+    (["--candidate", "/no/such/cand.py"], "/no/such/cand.py"),
+    (["--sizes", "4x4x4", "--preset", "small"], "--preset"),
+])
+def test_bench_usage_errors_exit_2(args, needle):
+    result = CliRunner().invoke(app, ["bench"] + args)
+    assert result.exit_code == 2, cli_output(result)
+    assert needle in cli_output(result)
+    assert "Traceback" not in cli_output(result)
+
+
+def test_bench_without_gpu_exits_1_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    result = CliRunner().invoke(app, ["bench", "--sizes", "4x4x4", "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 1
+    assert "needs a CUDA GPU" in cli_output(result)
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_distributed_bench_is_refused_clearly(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--sizes", "4x4x4", "--distributed", "2",
+                                      "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 2
+    assert "not implemented" in cli_output(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CSV schema
+# ---------------------------------------------------------------------------------------------------------
+def test_columns_are_designs():
+    assert csvschema.COLUMNS == [c.strip() for c in DESIGN_COLUMNS.replace("\n", " ").split(",")]
+
+
+def test_append_writes_header_once_and_refuses_foreign_files(tmp_path):
+    path = tmp_path / "sub" / "r.csv"
+    csvschema.append_rows(path, [csvschema.new_row(impl="eager", median_ms=1.5, status="ok")])
+    csvschema.append_rows(path, [csvschema.new_row(impl="compile", status="oom")])
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(csvschema.COLUMNS) and len(lines) == 3
+    rows = csvschema.read_rows(path)
+    assert [r["impl"] for r in rows] == ["eager", "compile"] and rows[0]["median_ms"] == "1.5"
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("a,b\n1,2\n")
+    with pytest.raises(csvschema.CsvSchemaError, match="missing columns"):
+        csvschema.append_rows(foreign, [csvschema.new_row()])
+    assert foreign.read_text() == "a,b\n1,2\n"
+    with pytest.raises(KeyError):
+        csvschema.new_row(bogus=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The bench loop on the CPU
+# ---------------------------------------------------------------------------------------------------------
+def opts_for(tmp_path, sizes=(Size(8, 16, 12),), modes=("fwd",), baselines=("eager",), **kw):
+    base = dict(sizes=list(sizes), dtype=torch.float32, precision=None, modes=list(modes),
+                baselines=list(baselines), warmup=1, iters=5, out=tmp_path / "r.csv", seed=7, warmup_ms=0.0,
+                max_iters=30, input_sets=2)
+    base.update(kw)
+    return bench.BenchOptions(**base)
+
+
+def run_cpu(opts, **kw):
+    out = io.StringIO()
+    console = Console(file=out, width=250)
+    kw.setdefault("timer", timing.time_cpu)
+    kw.setdefault("peak_fn", lambda kind: 1.0)
+    code = bench.run_guarded(opts, console, CPU, **kw)
+    return code, out.getvalue()
+
+
+def test_cpu_run_writes_every_column_and_speedups(tmp_path):
+    opts = opts_for(tmp_path, modes=("fwd", "fwd_bwd"))
+    code, text = run_cpu(opts)
+    assert code == 0, text
+    rows = csvschema.read_rows(opts.out)
+    assert [(r["impl"], r["mode"]) for r in rows] == [("eager", "fwd"), ("composite", "fwd"),
+                                                      ("eager", "fwd_bwd"), ("composite", "fwd_bwd")]
+    assert len({r["run_id"] for r in rows}) == 1
+    for r in rows:
+        assert r["status"] == "ok" and r["precision"] == "ieee" and r["accuracy_class"] == "fp32"
+        assert int(r["iters"]) >= bench.MIN_ITERS
+        assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+        assert float(r["rel_err"]) < 1e-5 and r["seed"] == "7" and r["world_size"] == "1"
+        assert r["tflops"] and r["pct_of_peak"] and r["speedup_vs_eager"] and r["speedup_vs_fp32_eager"]
+        assert r["speedup_vs_compile"] == ""  # no compile baseline
+    fwd, bwd = rows[1], rows[3]
+    # TFLOP/s: 2·B·K·N forward, 3× that for fwd_bwd
+    assert float(fwd["tflops"]) == pytest.approx(2 * 8 * 16 * 12 / (float(fwd["median_ms"]) * 1e-3) / 1e12, rel=1e-3)
+    assert float(bwd["tflops"]) == pytest.approx(6 * 8 * 16 * 12 / (float(bwd["median_ms"]) * 1e-3) / 1e12, rel=1e-3)
+    assert float(rows[0]["speedup_vs_eager"]) == pytest.approx(1.0)
+    assert "mishbench bench" in text
+
+
+def test_compile_baseline_runs_the_compiled_graph(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "_COMPILE_BACKEND", "eager")  # dynamo without a C++/Triton toolchain
+    opts = opts_for(tmp_path, baselines=("eager", "compile"))
+    code, text = run_cpu(opts)
+    assert code == 0, text
+    rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
+    assert rows["compile"]["status"] == "ok", text
+    assert float(rows["compile"]["compile_s"]) > 0
+    assert rows["composite"]["speedup_vs_compile"]
+
+
+def test_compile_fallback_to_eager_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "_COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(bench, "_compile", lambda module, impl: module)  # "compiled" but dynamo never ran
+    opts = opts_for(tmp_path, baselines=("eager", "compile"))
+    code, text = run_cpu(opts)
+    rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
+    assert rows["compile"]["status"] == "error" and rows["compile"]["median_ms"] == ""
+    assert "compiled no graph" in text
+    assert code == 0  # a failing baseline does not fail the run; ours would
+
+
+def test_recompile_during_timing_is_an_error(monkeypatch):
+    watch = bench.CompileWatch()
+    state = {"graphs": 1, "frames": 1}
+    monkeypatch.setattr(bench.CompileWatch, "_counters", staticmethod(lambda: (state["graphs"], state["frames"])))
+    watch.before_first_call()
+    state["graphs"] = 2
+    watch.after_first_call()
+    watch.freeze()
+    watch.check()
+    state["frames"] = 3
+    with pytest.raises(bench.ProviderFailed, match="2 frame"):
+        watch.check()
+
+
+def _fail_for(impl, exc_factory, when=lambda inputs: True):
+    original = bench.Provider.call
+
+    def call(self, inputs):
+        if self.spec.impl == impl and when(inputs):
+            raise exc_factory()
+        return original(self, inputs)
+    return call
+
+
+def test_real_oom_marks_the_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.Provider, "call",
+                        _fail_for("composite", lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried")))
+    opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), Size(3, 5, 7)))
+    code, text = run_cpu(opts)
+    rows = csvschema.read_rows(opts.out)
+    assert [(r["impl"], r["status"]) for r in rows] == [("eager", "ok"), ("composite", "oom")] * 2
+    assert rows[1]["speedup_vs_eager"] == "" and rows[1]["median_ms"] == ""
+    assert code == 0, text  # oom rows alone do not fail the run
+    assert "out of memory" in text
+
+
+def test_estimated_oom_is_not_tried(tmp_path, monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("a provider was built for a size that cannot fit")
+    monkeypatch.setattr(bench._Run, "_build", never)
+    opts = opts_for(tmp_path)
+    code, text = run_cpu(opts, free_memory=lambda: 1024)
+    rows = csvschema.read_rows(opts.out)
+    assert [r["status"] for r in rows] == ["oom", "oom"] and code == 0
+    assert "not tried" in text
+
+
+def test_estimate_bytes_is_sane():
+    kb = Size(1024, 8192, 8192)
+    fwd = bench.estimate_bytes(kb, "fwd", torch.float32, 3, 3, flush=100 * 2**20)
+    bwd = bench.estimate_bytes(kb, "fwd_bwd", torch.float32, 3, 3, flush=100 * 2**20)
+    assert 2**30 < fwd < bwd < 16 * 2**30
+    assert bench.estimate_bytes(kb, "fwd", torch.bfloat16, 3, 3) < fwd
+
+
+def test_other_errors_mark_the_row_and_fail_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.Provider, "call", _fail_for("composite", lambda: RuntimeError("illegal address")))
+    opts = opts_for(tmp_path)
+    code, text = run_cpu(opts)
+    rows = csvschema.read_rows(opts.out)
+    assert [(r["impl"], r["status"]) for r in rows] == [("eager", "ok"), ("composite", "error")]
+    assert code == 1 and "illegal address" in text
+
+
+def test_mismatch_is_not_timed_and_gets_no_speedup(tmp_path, monkeypatch):
+    original = bench.Provider.outputs
+
+    def outputs(self, inputs):
+        y, grads = original(self, inputs)
+        return (y * 1.01 if self.spec.impl == "composite" else y), grads
+    monkeypatch.setattr(bench.Provider, "outputs", outputs)
+    opts = opts_for(tmp_path)
+    code, text = run_cpu(opts)
+    rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
+    assert rows["composite"]["status"] == "mismatch" and code == 1
+    assert rows["composite"]["median_ms"] == "" and rows["composite"]["speedup_vs_eager"] == ""
+    assert float(rows["composite"]["rel_err"]) == pytest.approx(0.01, rel=1e-3)
+    assert rows["eager"]["status"] == "ok"
+
+
+def test_interrupt_keeps_finished_rows(tmp_path, monkeypatch):
+    second = lambda inputs: inputs.x.shape == (3, 5)  # noqa: E731
+    monkeypatch.setattr(bench.Provider, "call", _fail_for("composite", KeyboardInterrupt, when=second))
+    opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), Size(3, 5, 7)))
+    code, text = run_cpu(opts)
+    assert code == bench.INTERRUPTED
+    rows = csvschema.read_rows(opts.out)
+    assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [("8", "eager", "ok"), ("8", "composite", "ok")]
+    assert "interrupted: 2 finished row(s) kept" in text and "Traceback" not in text
+
+
+def test_resume_skips_finished_cases(tmp_path):
+    opts = opts_for(tmp_path)
+    assert run_cpu(opts)[0] == 0
+    opts2 = opts_for(tmp_path, sizes=(Size(8, 16, 12), Size(3, 5, 7)), resume=True)
+    code, text = run_cpu(opts2)
+    assert code == 0 and "1 case(s) already in" in text
+    rows = csvschema.read_rows(opts.out)
+    assert [r["batch"] for r in rows] == ["8", "8", "3", "3"]
+
+
+def test_foreign_out_file_is_a_usage_error(tmp_path):
+    opts = opts_for(tmp_path)
+    opts.out.write_text("a,b\n1,2\n")
+    code, text = run_cpu(opts)
+    assert code == 2 and "missing columns" in text
+
+
+def test_tf32_mode_also_measures_strict_fp32_eager(tmp_path, monkeypatch):
+    # On the CPU every fp32 mode computes plain fp32; pretend the run resolved to tf32 to drive the plan.
+    monkeypatch.setattr(bench, "resolve_precision", lambda precision, dtype, device: "tf32")
+    opts = opts_for(tmp_path, precision="tf32")
+    code, text = run_cpu(opts)
+    assert code == 0, text
+    rows = csvschema.read_rows(opts.out)
+    got = [(r["impl"], r["precision"], r["accuracy_class"]) for r in rows]
+    assert got == [("eager", "tf32", "tf32"), ("eager", "ieee", "fp32"), ("composite", "tf32", "tf32")]
+    subject = rows[2]
+    assert subject["speedup_vs_eager"] and subject["speedup_vs_fp32_eager"]
+    assert float(subject["speedup_vs_fp32_eager"]) == pytest.approx(
+        float(rows[1]["median_ms"]) / float(subject["median_ms"]), rel=1e-3)
+
+
+def test_half_types_have_no_fp32_eager_speedup(tmp_path):
+    opts = opts_for(tmp_path, dtype=torch.bfloat16)
+    code, text = run_cpu(opts)
+    assert code == 0, text
+    rows = csvschema.read_rows(opts.out)
+    assert [(r["impl"], r["precision"], r["accuracy_class"], r["dtype"]) for r in rows] == [
+        ("eager", "native", "bf16", "bf16"), ("composite", "native", "bf16", "bf16")]
+    assert rows[1]["speedup_vs_eager"] and rows[1]["speedup_vs_fp32_eager"] == ""
+
+
+def test_candidate_module_missing_is_a_clean_error(tmp_path, monkeypatch):
+    cand = tmp_path / "cand.py"
+    cand.write_text("class ModelNew: pass\n")
+    monkeypatch.setitem(sys.modules, "mishbench.candidate", None)  # import fails
+    code, text = run_cpu(opts_for(tmp_path, candidate=cand))
+    assert code == 1 and "candidates module" in text
+
+
+def test_candidate_rows_are_completed_and_compared(tmp_path, monkeypatch):
+    import types
+    cand = tmp_path / "cand.py"
+    cand.write_text("class ModelNew: pass\n")
+    seen = {}
+
+    def fake_rows(path, sizes, dtype, precision, modes, warmup=10, iters=30, seed=None, device=None, progress=None):
+        seen.update(path=path, sizes=sizes, modes=modes)
+        return [{"impl": "candidate", "mode": modes[0], "batch": sizes[0].batch, "in_features": sizes[0].in_features,
+                 "out_features": sizes[0].out_features, "median_ms": 1e-4, "p20_ms": 1e-4, "p80_ms": 1e-4,
+                 "iters": 30, "rel_err": 1e-7, "status": "ok", "candidate_sha256": "abc", "detail": "",
+                 "host_median_ms": 1e-4, "bar": 1e-6}]
+    monkeypatch.setitem(sys.modules, "mishbench.candidate", types.SimpleNamespace(bench_candidate_rows=fake_rows))
+    opts = opts_for(tmp_path, candidate=cand)
+    code, text = run_cpu(opts)
+    assert code == 0, text
+    rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
+    assert rows["candidate"]["candidate_sha256"] == "abc" and rows["candidate"]["run_id"] == rows["eager"]["run_id"]
+    assert rows["candidate"]["speedup_vs_eager"] and rows["candidate"]["tflops"]
+    assert seen["sizes"] == [Size(8, 16, 12)] and seen["modes"] == ["fwd"]
