@@ -154,12 +154,47 @@ def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     x: (..., in_features), weight: (out_features, in_features), bias: (out_features,) -> (..., out_features).
     precision: one of PRECISIONS, already resolved for x's dtype and device (see precision.resolve_precision).
     """
+    # --- autocast (issue 7) ---------------------------------------------------------------------------
+    # Under torch.autocast behave like nn.Linear does: cast x/weight/bias (floating, not float64) to the
+    # autocast dtype, run the op in it with autocast off (so nothing inside is cast again), and return that
+    # dtype; gradients flow back through the casts to the fp32 leaves. Half dtypes run 'native'.
+    device_type = x.device.type
+    if _autocast_enabled(device_type) and x.is_floating_point() and x.dtype != torch.float64:
+        amp_dtype = _autocast_dtype(device_type)
+        if amp_dtype != x.dtype or amp_dtype != weight.dtype:
+            with torch.autocast(device_type=device_type, enabled=False):
+                return linear_mish_mish(
+                    x.to(amp_dtype), weight.to(amp_dtype), None if bias is None else bias.to(amp_dtype),
+                    "native" if amp_dtype in (torch.float16, torch.bfloat16) else precision)
+    # --- end autocast (issue 7) -----------------------------------------------------------------------
     if x.is_cuda and _load_extension():
         return torch.ops.mishbench.linear_mish_mish(x, weight, bias, precision)
     _check_inputs(x, weight, bias)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return _CompositeLinearMishMish.apply(x, weight, bias, precision)
+
+
+# --- autocast (issue 7) -----------------------------------------------------------------------------------
+HAS_DEVICE_AUTOCAST_API = TORCH_VERSION >= Version("2.4")  # is_autocast_enabled(device_type), get_autocast_dtype
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether torch.autocast is on for `device_type` (the per-device API on torch >= 2.4, no deprecated calls)."""
+    if HAS_DEVICE_AUTOCAST_API:
+        return torch.is_autocast_enabled(device_type)
+    if device_type == "cuda":
+        return torch.is_autocast_enabled()
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled()
+    return False
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype:
+    if HAS_DEVICE_AUTOCAST_API:
+        return torch.get_autocast_dtype(device_type)
+    return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
+# --- end autocast (issue 7) -------------------------------------------------------------------------------
 
 
 def _register_fakes() -> None:

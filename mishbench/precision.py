@@ -29,6 +29,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
+def _fp32_precision(matmul) -> Optional[str]:
+    """`matmul.fp32_precision` (torch >= 2.9) or None. torch 2.0's cuBLASModule.__getattr__ raises
+    AssertionError, not AttributeError, for unknown names, so getattr/hasattr with a default cannot be used."""
+    try:
+        return matmul.fp32_precision
+    except (AttributeError, AssertionError):
+        return None
+
+
 def torch_allows_tf32() -> bool:
     """Whether PyTorch's float32 matmul setting allows TF32 (what nn.Linear would do on a GPU).
 
@@ -36,7 +45,7 @@ def torch_allows_tf32() -> bool:
     `get_float32_matmul_precision()` after the new API was used raises, so the new one is read first.
     """
     matmul = torch.backends.cuda.matmul
-    new = getattr(matmul, "fp32_precision", None)
+    new = _fp32_precision(matmul)
     if new is not None:
         if new == "none":  # inherits the generic setting
             new = getattr(torch.backends, "fp32_precision", "ieee")
@@ -83,6 +92,16 @@ def check_combination(precision: Optional[str], dtype: torch.dtype) -> None:
         raise ValueError(f"precision {precision!r} applies to fp32 inputs only, not {dtype_name(dtype)}")
 
 
+def _constant_under_compile(fn):
+    """Let torch.compile(fullgraph=True) trace ModelNew.forward (issue 7): dynamo cannot trace the C getter
+    behind torch.backends.cuda.matmul.fp32_precision (graph break), so it evaluates `fn` at trace time and
+    bakes the result (a mode name) into the graph; a later change of the matmul flags recompiles (checked
+    on torch 2.14). No-op in eager mode and on torch < 2.1, which has no torch.compiler."""
+    mark = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
+    return mark(fn) if mark is not None else fn
+
+
+@_constant_under_compile
 def resolve_precision(precision: Optional[str], dtype: torch.dtype, device: torch.device) -> str:
     """The mode that actually runs for inputs of `dtype` on `device`.
 
@@ -111,24 +130,21 @@ def accuracy_class(precision: str, dtype: torch.dtype) -> str:
 def eager_matmul_mode(tf32: bool):
     """Run eager PyTorch's fp32 matmuls with TF32 on or off, restoring the previous setting after.
 
-    Uses the API family the user's torch has: `fp32_precision` (torch >= 2.9; mixing it with the legacy
-    flags raises) or `allow_tf32`.
+    Through the legacy setter `torch.set_float32_matmul_precision`, which exists on every torch >= 2.0 and
+    keeps both readings consistent: writing `torch.backends.cuda.matmul.fp32_precision` (torch >= 2.9)
+    instead makes `torch.get_float32_matmul_precision()` — which Inductor reads for its cache key and
+    autotuning — raise "mix of the legacy and new APIs" (seen on an H100, torch 2.11: compile-max failed in
+    tf32 mode).
     """
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        old = matmul.fp32_precision
-        matmul.fp32_precision = "tf32" if tf32 else "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision = old
-    else:
-        old = matmul.allow_tf32
-        matmul.allow_tf32 = tf32
-        try:
-            yield
-        finally:
-            matmul.allow_tf32 = old
+    try:
+        old = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the user set the new API: read it there
+        old = "high" if torch_allows_tf32() else "highest"
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
 
 
 def eager_uses_tf32(accuracy_class_name: str) -> bool:

@@ -56,6 +56,22 @@ class Runner:
         """torch.autograd.gradcheck of the subject in float64 on `device`."""
         raise NotImplementedError
 
+    # --- compiler / runtime compatibility checks (issue 7) ---------------------------------------------
+    def compat(self, mode: str, size: Size, state: State, x: torch.Tensor, grad_y: Optional[torch.Tensor] = None
+               ) -> Tuple[torch.Tensor, Optional[Dict[str, torch.Tensor]], Dict[str, object]]:
+        """Run the subject (state loaded in x's dtype/device) under one of COMPAT_MODES; y, grads, facts.
+
+        'compile': torch.compile(fullgraph=True), forward (+ backward with grad_y). 'autocast:bf16' /
+        'autocast:fp16': fp32 module under torch.autocast(x's device type); y in the autocast dtype.
+        'cuda_graph': x is (trials, batch, in): capture the forward once, replay per trial; y stacked.
+        'serialization': save/load the state_dict through torch.save/torch.load into a fresh module; facts
+        'state_equal', 'outputs_equal'. 'no_grad' / 'inference_mode': forward only; facts 'grad_fn',
+        'requires_grad', 'is_inference', 'retained_bytes' (CUDA: allocator growth with y alive), 'y_bytes'.
+        Raises NotImplementedError where the subject cannot be run that way (the check then skips).
+        """
+        raise NotImplementedError
+    # --- end compiler / runtime compatibility checks (issue 7) -----------------------------------------
+
 
 class BuiltinRunner(Runner):
     """Our ModelNew, in this process."""
@@ -118,6 +134,120 @@ class BuiltinRunner(Runner):
         except Exception as exc:  # noqa: BLE001 - gradcheck reports through its exception
             return False, " ".join(str(exc).split())[:300]
         return bool(ok), ""
+
+    # --- compiler / runtime compatibility checks (issue 7) ---------------------------------------------
+    def _fresh(self, size, state, device, dtype):
+        model = ModelNew(size.in_features, size.out_features, self._precision).to(device, dtype)
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def compat(self, mode, size, state, x, grad_y=None):
+        model = self._fresh(size, state, x.device, x.dtype)
+        facts = {}  # type: Dict[str, object]
+        if mode == "compile":
+            from torch import _dynamo as dynamo
+            dynamo.reset()  # fresh cache: no recompile limit carried over from another check
+            try:
+                return _forward_backward(torch.compile(model, fullgraph=True), model, x, grad_y) + (facts,)
+            finally:
+                dynamo.reset()
+        if mode.startswith("autocast:"):
+            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode.split(":", 1)[1]]
+            xx = x.detach().clone().requires_grad_(grad_y is not None)
+            with torch.autocast(device_type=x.device.type, dtype=amp):
+                y = model(xx)
+            if grad_y is None:
+                return y.detach(), None, facts
+            y.backward(grad_y.to(y.dtype))  # outside the autocast region, as the autocast docs prescribe
+            return y.detach(), _grads(model, xx), facts
+        if mode == "cuda_graph":
+            return self._cuda_graph(model, x) + (facts,)
+        if mode == "serialization":
+            import io
+            buf = io.BytesIO()
+            torch.save(model.state_dict(), buf)
+            buf.seek(0)
+            kwargs = {"weights_only": True} if "weights_only" in _load_params() else {}
+            loaded = torch.load(buf, map_location=x.device, **kwargs)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(12345)  # a different init, so only the load can make them equal
+                other = ModelNew(size.in_features, size.out_features, self._precision).to(x.device, x.dtype)
+            other.load_state_dict(loaded, strict=True)
+            a, b = model.state_dict(), other.state_dict()
+            facts["state_equal"] = list(a) == list(b) and all(
+                a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+            with torch.no_grad():
+                y, y2 = model(x), other(x)
+            facts["outputs_equal"] = y.dtype == y2.dtype and torch.equal(y, y2)
+            return y2, None, facts
+        if mode in ("no_grad", "inference_mode"):
+            ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+            cuda = x.device.type == "cuda"
+            with ctx():
+                model(x)  # warm-up: cuBLAS workspace and the like are allocated once, not per call
+                if cuda:
+                    torch.cuda.synchronize(x.device)
+                    before = torch.cuda.memory_allocated(x.device)
+                y = model(x)
+                if cuda:
+                    torch.cuda.synchronize(x.device)
+                    facts["retained_bytes"] = torch.cuda.memory_allocated(x.device) - before
+            facts.update(grad_fn=None if y.grad_fn is None else type(y.grad_fn).__name__,
+                         requires_grad=y.requires_grad, is_inference=y.is_inference(),
+                         y_bytes=y.numel() * y.element_size())
+            return y.clone() if mode == "inference_mode" else y, None, facts
+        raise NotImplementedError(f"unknown compat mode {mode!r}")
+
+    @staticmethod
+    def _cuda_graph(model, xs):
+        """Capture model(static_x) once (static shapes), replay for each xs[i] copied into static_x."""
+        if xs.device.type != "cuda":
+            raise NotImplementedError("CUDA graphs need a CUDA device")
+        static_x = torch.zeros_like(xs[0])
+        with torch.no_grad():
+            side = torch.cuda.Stream(xs.device)
+            side.wait_stream(torch.cuda.current_stream(xs.device))
+            with torch.cuda.stream(side):  # warm-up off the capture stream, as the CUDA graph docs prescribe
+                for _ in range(3):
+                    model(static_x)
+            torch.cuda.current_stream(xs.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_y = model(static_x)
+            outs = []
+            for x in xs:
+                static_x.copy_(x)
+                graph.replay()
+                outs.append(static_y.clone())
+        torch.cuda.synchronize(xs.device)
+        return torch.stack(outs), None
+    # --- end compiler / runtime compatibility checks (issue 7) -----------------------------------------
+
+
+# --- compiler / runtime compatibility checks (issue 7) -------------------------------------------------------
+COMPAT_MODES = ("compile", "autocast:bf16", "autocast:fp16", "cuda_graph", "serialization", "no_grad",
+                "inference_mode")
+
+
+def _grads(model, x) -> Dict[str, torch.Tensor]:
+    return {"x": x.grad, "linear.weight": model.linear.weight.grad, "linear.bias": model.linear.bias.grad}
+
+
+def _forward_backward(fn, model, x, grad_y):
+    """y = fn(x) (fn: model or a compiled wrapper of it); with grad_y also the gradients by name."""
+    x = x.detach().clone().requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    y = fn(x)
+    if grad_y is None:
+        return y, None
+    y.backward(grad_y.to(y.dtype))
+    return y.detach(), _grads(model, x)
+
+
+def _load_params():
+    import inspect
+    return inspect.signature(torch.load).parameters
+# --- end compiler / runtime compatibility checks (issue 7) ---------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -408,12 +538,177 @@ class Verifier:
             detail += f" (not tried: {', '.join(skipped)})"
         return Check("bad_inputs", "pass", detail)
 
+    # --- compiler / runtime compatibility checks (issue 7) ---------------------------------------------
+    def _compat_size(self) -> Size:
+        # Odd and small: torch.compile on a 2-core CPU spends its time compiling, not computing.
+        return Size(257, 1000, 777) if self.device.type == "cuda" else Size(33, 20, 12)
+
+    def _compat(self, name: str, mode: str, size: Size, state: State, x, grad_y=None):
+        """The runner's compat run, or a skip Check when this subject cannot be run that way."""
+        try:
+            return self.runner.compat(mode, size, state, x, grad_y)
+        except NotImplementedError as exc:
+            return Check(name, "skip", f"{mode} runs are not supported for subject {self.runner.subject!r}"
+                                       + (f": {exc}" if str(exc) else ""))
+
+    def _truth_vs(self, size, state, x, grad_y, got_y, got_grads, dtype, eager_ctx=None) -> List[Tuple[str, "Compared"]]:
+        """Compare y (and grads) with float64 Model, the bar from eager Model in `dtype` (under eager_ctx)."""
+        y64, g64 = reference_run(size, state, x, grad_y, torch.float64)
+        if eager_ctx is None:
+            ye, ge = reference_run(size, state, x, grad_y, dtype, tf32=self.tf32)
+        else:
+            ye, ge = eager_ctx()
+        out = [("y", Compared("y", got_y, y64, ye, dtype))]
+        for name in (GRAD_NAMES if grad_y is not None else ()):
+            got = (got_grads or {}).get(name)
+            got = torch.full_like(g64[name], float("nan")) if got is None else got
+            label = {"x": "dx", "linear.weight": "dW", "linear.bias": "db"}[name]
+            out.append((label, Compared(label, got, g64[name], ge[name], dtype)))
+        return out
+
+    def check_compile(self) -> Check:
+        if not ops.HAS_TORCH_LIBRARY_FAKE:  # torch < 2.4
+            return Check("compile", "skip", f"torch {torch.__version__}: the compile check needs torch >= 2.4 "
+                                            "(torch.library.register_fake for the extension op)")
+        size = self._compat_size()
+        state = self.runner.init_state(size, self.seed)
+        x = make_inputs(size, "randn10", self.gen, self.device, self.dtype)
+        grad_y = torch.randn(size.batch, size.out_features, generator=self.gen, dtype=torch.float64).to(x)
+        got = self._compat("compile", "compile", size, state, x, grad_y)
+        if isinstance(got, Check):
+            return got
+        y, grads, _ = got
+        ye, ge = self.runner.run(size, state, x, grad_y)  # eager ModelNew, for the record
+        results = self._truth_vs(size, state, x, grad_y, y, grads, self.dtype)
+        check = self._verdict("compile", results)
+        diffs = [rel_err(y, ye)] + [rel_err(grads[k], ge[k]) for k in GRAD_NAMES if grads and ge and
+                                     grads.get(k) is not None and ge.get(k) is not None]
+        check.metrics["max_rel_diff_vs_eager_modelnew"] = max(diffs)
+        check.detail = (f"torch.compile(fullgraph=True) fwd+bwd at {size} on {self.device.type} "
+                        f"(impl={self.runner.impl(self.device)}), max rel diff vs eager ModelNew {max(diffs):.3g}; "
+                        + check.detail)
+        return check
+
+    def check_autocast(self) -> Check:
+        size = self._compat_size()
+        state = self.runner.init_state(size, self.seed)
+        amps = [("bf16", torch.bfloat16)] + ([("fp16", torch.float16)] if self.device.type == "cuda" else [])
+        # Autocast acts on fp32 models and inputs, whatever --dtype says.
+        x = make_inputs(size, "randn10", self.gen, self.device, torch.float32) / 10
+        grad_y = torch.randn(size.batch, size.out_features, generator=self.gen, dtype=torch.float64).to(x)
+        results, dtypes = [], []
+        for name, amp in amps:
+            got = self._compat("autocast", "autocast:" + name, size, state, x, grad_y)
+            if isinstance(got, Check):
+                return got
+            y, grads, _ = got
+
+            def eager_ctx(amp=amp):
+                ref = Model(size.in_features, size.out_features)
+                ref.load_state_dict(state, strict=True)
+                ref = ref.to(self.device, torch.float32)
+                xx = x.detach().clone().requires_grad_(True)
+                with torch.autocast(device_type=self.device.type, dtype=amp):
+                    ye = ref(xx)
+                ye.backward(grad_y.to(ye.dtype))
+                return ye.detach(), _grads(ref, xx)
+
+            ye, _ = eager_ctx()
+            if y.dtype != ye.dtype:
+                return Check("autocast", "fail", f"under torch.autocast({self.device.type}, {name}) ModelNew returns "
+                                                 f"{y.dtype} but Model returns {ye.dtype}")
+            dtypes.append(f"{name}->{dtype_name(y.dtype)}")
+            results += [(f"{name} {lbl}", c) for lbl, c in
+                        self._truth_vs(size, state, x, grad_y, y, grads, amp, eager_ctx=eager_ctx)]
+        check = self._verdict("autocast", results)
+        check.detail = (f"torch.autocast({self.device.type}) at {size}: output dtype as Model's "
+                        f"({', '.join(dtypes)}); " + check.detail)
+        return check
+
+    def check_cuda_graph(self) -> Check:
+        if self.device.type != "cuda":
+            return Check("cuda_graph", "skip", "CUDA graph capture needs a CUDA GPU")
+        size = self._compat_size()
+        state = self.runner.init_state(size, self.seed)
+        xs = make_inputs(size, "randn10", self.gen, self.device, self.dtype, lead=(3,))
+        got = self._compat("cuda_graph", "cuda_graph", size, state, xs)
+        if isinstance(got, Check):
+            return got
+        ys, _, _ = got
+        results, identical = [], 0
+        for i in range(xs.shape[0]):
+            ye, _ = self.runner.run(size, state, xs[i], None)
+            identical += int(torch.equal(ys[i], ye))
+            results += [(f"replay {i}", c) for _, c in self._truth_vs(size, state, xs[i], None, ys[i], None, self.dtype)]
+        check = self._verdict("cuda_graph", results)
+        check.metrics["replays_identical_to_eager"] = identical
+        check.detail = (f"forward captured once at {size}, replayed on {xs.shape[0]} new inputs "
+                        f"({identical}/{xs.shape[0]} bit-identical to eager ModelNew); " + check.detail)
+        return check
+
+    def check_serialization(self) -> Check:
+        size = self._compat_size()
+        state = self.runner.init_state(size, self.seed)
+        x = make_inputs(size, "randn10", self.gen, self.device, self.dtype)
+        got = self._compat("serialization", "serialization", size, state, x)
+        if isinstance(got, Check):
+            return got
+        _, _, facts = got
+        how = "torch.save -> torch.load" + ("(weights_only=True)" if "weights_only" in _load_params() else "")
+        if not facts.get("state_equal"):
+            return Check("serialization", "fail", f"state_dict through {how} does not round-trip exactly "
+                                                  "(keys, dtypes, shapes or values differ)", facts)
+        if not facts.get("outputs_equal"):
+            return Check("serialization", "fail", f"a module loaded through {how} gives different outputs "
+                                                  "from the one saved", facts)
+        return Check("serialization", "pass", f"state_dict round-trips exactly through {how}; the loaded "
+                                              "module's outputs are bit-identical", facts)
+
+    def check_inference_mode(self) -> Check:
+        size = Size(1024, 512, 1024) if self.device.type == "cuda" else self._compat_size()
+        state = self.runner.init_state(size, self.seed)
+        x = make_inputs(size, "randn10", self.gen, self.device, self.dtype)
+        problems, results, notes = [], [], []
+        for mode in ("no_grad", "inference_mode"):
+            got = self._compat("inference_mode", mode, size, state, x)
+            if isinstance(got, Check):
+                return got
+            y, _, facts = got
+            if facts.get("grad_fn") is not None or facts.get("requires_grad"):
+                problems.append(f"{mode}: the output has an autograd graph ({facts.get('grad_fn')}), so z is kept")
+            if mode == "inference_mode" and not facts.get("is_inference"):
+                problems.append("inference_mode: the output is not an inference tensor")
+            retained, y_bytes = facts.get("retained_bytes"), int(facts.get("y_bytes") or 0)
+            if retained is not None:
+                # z has y's shape and dtype: keeping it would at least double what stays allocated.
+                if retained >= 2 * y_bytes:
+                    problems.append(f"{mode}: {retained} bytes stay allocated after the forward, y is {y_bytes} "
+                                    "(z kept?)")
+                notes.append(f"{mode} keeps {retained} B (y {y_bytes} B)")
+            results += [(mode, c) for _, c in self._truth_vs(size, state, x, None, y, None, self.dtype)]
+        check = self._verdict("inference_mode", results)
+        if problems:
+            return Check("inference_mode", "fail", "; ".join(problems), check.metrics)
+        if check.status != "pass":
+            return check
+        memory = "; ".join(notes) if notes else "allocator growth is measured on CUDA only"
+        check.detail = (f"no_grad and inference_mode at {size}: no autograd graph (grad_fn None), so nothing "
+                        f"holds z after the call; {memory}; " + check.detail)
+        return check
+
+    def _compat_checks(self) -> List[Tuple[str, Callable[[], Check]]]:
+        return [("compile", self.check_compile), ("autocast", self.check_autocast),
+                ("cuda_graph", self.check_cuda_graph), ("serialization", self.check_serialization),
+                ("inference_mode", self.check_inference_mode)]
+    # --- end compiler / runtime compatibility checks (issue 7) -----------------------------------------
+
     def run_all(self, report: Report) -> Report:
         for name, fn in [("build", self.check_build), ("forward", self.check_forward),
                          ("backward", self.check_backward), ("param_count", self.check_param_count),
                          ("init", self.check_init), ("state_dict", self.check_state_dict),
                          ("gradcheck", self.check_gradcheck), ("training", self.check_training),
-                         ("shapes", self.check_shapes), ("bad_inputs", self.check_bad_inputs)]:
+                         ("shapes", self.check_shapes), ("bad_inputs", self.check_bad_inputs)
+                         ] + self._compat_checks():  # issue 7
             report.add(self._guard(name, fn))
         return report
 
