@@ -1,0 +1,50 @@
+// Internal contract between the host dispatch (mishbench_cuda.cpp) and the GEMM kernel families.
+//
+// Every GEMM in this extension is "TN": C[m, n] = sum_k A[m, k] * B[n, k], both operands K-contiguous.
+// That is the forward's x·Wᵀ as stored (x: (M=batch, K), W: (N=out, K)); the backward's dx and dW are
+// brought into the same shape by transposing dz / W / x once (cheap next to the GEMM), so one tuned kernel
+// family serves all three products.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+#include <c10/core/ScalarType.h>
+
+namespace mishbench {
+
+// How fp32 operands are multiplied. fp16/bf16/fp64 always use kNative.
+enum class Precision : int {
+  kIeee = 0,    // plain fp32 FMA
+  k3xTf32 = 1,  // big+small tf32 split, three tensor-core products, partial sums promoted to fp32
+  kTf32 = 2,    // one tf32 product
+  kNative = 3,  // the dtype's own arithmetic (fp32 accumulation for half types)
+};
+
+enum class Epilogue : int {
+  kStore = 0,         // C = A·Bᵀ
+  kBiasMishMish = 1,  // Z = A·Bᵀ + bias (stored only when Z != nullptr); C = mish(mish(Z))
+};
+
+struct GemmParams {
+  const void* A = nullptr;  // (M, K), element (m, k) at A[m * lda + k]
+  const void* B = nullptr;  // (N, K), element (n, k) at B[n * ldb + k]
+  void* C = nullptr;        // (M, N), element (m, n) at C[m * ldc + n]
+  const void* bias = nullptr;  // (N,), kBiasMishMish only
+  void* Z = nullptr;           // (M, N) pre-activation, ldz; optional (kBiasMishMish only)
+  int64_t lda = 0, ldb = 0, ldc = 0, ldz = 0;
+  int64_t M = 0, N = 0, K = 0;  // each >= 1
+  Epilogue epilogue = Epilogue::kStore;
+};
+// All of A, B, C, bias, Z share one dtype. Accumulation is fp32 for fp32/fp16/bf16 and fp64 for fp64; the
+// epilogue math runs in the accumulator type; stores round once to the dtype.
+
+// SIMT path: any dtype in {fp32, fp64, fp16, bf16}, any M/N/K/alignment, any sm >= 7.0. Precision must be
+// kIeee (fp32) or kNative. Throws (TORCH_CHECK) on an unsupported combination; checks its launch.
+void launch_gemm_simt(const GemmParams& p, c10::ScalarType dtype, cudaStream_t stream);
+
+// Tensor-core path (mma.sync, sm_80+): fp32 with k3xTf32 / kTf32, fp16 / bf16 with kNative.
+// Returns false, launching nothing, when it cannot take the call (dtype/precision/arch/alignment/size), so
+// the caller falls back to SIMT. Checks its launch.
+bool launch_gemm_tc(const GemmParams& p, c10::ScalarType dtype, Precision precision, cudaStream_t stream);
+
+}  // namespace mishbench

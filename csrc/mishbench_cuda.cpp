@@ -1,0 +1,259 @@
+// CUDA host side of the mishbench ops: argument checks, allocation, dispatch to the kernel families.
+//
+//   linear_mish_mish_fwd(x, weight, bias, precision, save_z) -> (y, z)
+//     x: (..., K) or (K,), weight: (N, K), bias: (N,); y: (..., N) = mish(mish(x·Wᵀ + b));
+//     z: the pre-activation x·Wᵀ + b (same shape as y) when save_z, else an empty tensor.
+//   linear_mish_mish_bwd(grad_y, z, x, weight, precision, output_mask) -> (dx, dW, db)
+//     empty tensors where output_mask is false.
+//   linear_mish_mish(x, weight, bias, precision) -> y   (the inference path; autograd lives in mishbench.cpp)
+//
+// Non-contiguous inputs are copied to contiguous ones, not rejected. Zero-size batches give empty outputs
+// and zero weight/bias gradients, like nn.Linear.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+
+#include "gemm.h"
+
+namespace mishbench {
+
+// Defined in elementwise.cu (see there for the contract).
+int64_t mish_mish_bwd_chunks(int64_t M);
+void launch_mish_mish_bwd(const void* dy, const void* z, void* dz, void* dzt, void* db, void* partial, int64_t M,
+                          int64_t N, c10::ScalarType dtype, cudaStream_t stream);
+
+namespace {
+
+// Checks in the style of flash-attention's flash_api.cpp: every message names the argument.
+#define CHECK_DEVICE(x) TORCH_CHECK((x).is_cuda(), "mishbench: " #x " must be a CUDA tensor, got ", (x).device())
+#define CHECK_SAME_DEVICE(x, ref)                                                                         \
+  TORCH_CHECK((x).device() == (ref).device(), "mishbench: " #x " is on ", (x).device(), " but " #ref " is on ", \
+              (ref).device())
+#define CHECK_DTYPE(x, ref)                                                                                 \
+  TORCH_CHECK((x).scalar_type() == (ref).scalar_type(), "mishbench: " #x " has dtype ", (x).scalar_type(), \
+              " but " #ref " has dtype ", (ref).scalar_type(), "; they must match")
+#define CHECK_DIM(x, d) \
+  TORCH_CHECK((x).dim() == (d), "mishbench: " #x " must be ", (d), "-D, got shape ", (x).sizes())
+#define CHECK_SHAPE(x, ...)                                                                        \
+  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), "mishbench: " #x " must have shape (", \
+              #__VA_ARGS__, ") = ", at::IntArrayRef({__VA_ARGS__}), ", got ", (x).sizes())
+
+bool supported_dtype(c10::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+Precision parse_precision(c10::string_view s) {
+  if (s == "ieee") return Precision::kIeee;
+  if (s == "3xtf32") return Precision::k3xTf32;
+  if (s == "tf32") return Precision::kTf32;
+  if (s == "native") return Precision::kNative;
+  TORCH_CHECK(false, "mishbench: unknown precision '", std::string(s.data(), s.size()),
+              "'; expected one of 'ieee', '3xtf32', 'tf32' (float32 inputs) or 'native' (float16, bfloat16, "
+              "float64 inputs)");
+}
+
+// Parses the mode and checks it against the dtype (DESIGN.md, "Precision modes").
+Precision checked_precision(c10::string_view s, c10::ScalarType dtype) {
+  const Precision p = parse_precision(s);
+  if (dtype == at::kFloat) {
+    TORCH_CHECK(p != Precision::kNative,
+                "mishbench: precision 'native' is for float16/bfloat16/float64 inputs; float32 inputs take "
+                "'ieee', '3xtf32' or 'tf32'");
+  } else {
+    TORCH_CHECK(p == Precision::kNative, "mishbench: precision '", std::string(s.data(), s.size()),
+                "' applies to float32 inputs only; ", dtype, " inputs take 'native'");
+  }
+  return p;
+}
+
+// fp16/bf16 and the tf32 modes go to the tensor-core kernels first. Where those cannot take the call
+// (arch, alignment, size), SIMT runs instead: for 3xtf32/tf32 that is plain fp32 FMA, at least as accurate
+// as the mode asked for (but slower).
+void run_gemm(const GemmParams& p, c10::ScalarType dtype, Precision prec, cudaStream_t stream) {
+  const bool tc_candidate = prec == Precision::k3xTf32 || prec == Precision::kTf32 || dtype == at::kHalf ||
+                            dtype == at::kBFloat16;
+  if (tc_candidate && launch_gemm_tc(p, dtype, prec, stream)) return;
+  launch_gemm_simt(p, dtype, stream);
+}
+
+// Forward-shape checks shared by fwd and bwd: x (..., K), weight (N, K).
+void check_x_weight(const at::Tensor& x, const at::Tensor& weight) {
+  CHECK_DEVICE(x);
+  CHECK_SAME_DEVICE(weight, x);
+  CHECK_DTYPE(weight, x);
+  TORCH_CHECK(supported_dtype(x.scalar_type()),
+              "mishbench: x must be float32, float16, bfloat16 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1, "mishbench: x must have at least 1 dimension (..., in_features), got a scalar");
+  CHECK_DIM(weight, 2);
+  TORCH_CHECK(x.size(-1) == weight.size(1), "mishbench: x has ", x.size(-1),
+              " features in its last dimension but weight (out_features, in_features) has shape ",
+              weight.sizes());
+}
+
+std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = N;
+  return s;
+}
+
+int64_t batch_rows(const at::Tensor& x) {
+  int64_t m = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) m *= x.size(d);
+  return m;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> linear_mish_mish_fwd_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                              const at::Tensor& bias, c10::string_view precision,
+                                                              bool save_z) {
+  check_x_weight(x, weight);
+  CHECK_SAME_DEVICE(bias, x);
+  CHECK_DTYPE(bias, x);
+  const int64_t N = weight.size(0), K = weight.size(1);
+  CHECK_SHAPE(bias, N);
+  const Precision prec = checked_precision(precision, x.scalar_type());
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto out_shape = output_shape(x, N);
+  at::Tensor y = at::empty(out_shape, x.options());
+  at::Tensor z = save_z ? at::empty(out_shape, x.options()) : at::empty({0}, x.options());
+  const int64_t M = batch_rows(x);
+  if (M == 0 || N == 0) return {y, z};
+  if (K == 0) {
+    // nn.Linear with in_features == 0 gives the bias; not worth a kernel.
+    const at::Tensor z0 = bias.expand(out_shape);
+    y.copy_(at::mish(at::mish(z0)));
+    if (save_z) z.copy_(z0);
+    return {y, z};
+  }
+
+  // A 2-D contiguous x (the hot path) is used as is; anything else is viewed/copied to (M, K).
+  const at::Tensor x2 = (x.dim() == 2 && x.is_contiguous()) ? x : x.reshape({M, K}).contiguous();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor b = bias.contiguous();
+
+  GemmParams p;
+  p.A = x2.data_ptr();
+  p.B = w.data_ptr();
+  p.C = y.data_ptr();
+  p.bias = b.data_ptr();
+  p.Z = save_z ? z.data_ptr() : nullptr;
+  p.lda = K;
+  p.ldb = K;
+  p.ldc = N;
+  p.ldz = N;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.epilogue = Epilogue::kBiasMishMish;
+  run_gemm(p, x.scalar_type(), prec, c10::cuda::getCurrentCUDAStream().stream());
+  return {y, z};
+}
+
+at::Tensor linear_mish_mish_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                 c10::string_view precision) {
+  return std::get<0>(linear_mish_mish_fwd_cuda(x, weight, bias, precision, /*save_z=*/false));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const at::Tensor& grad_y,
+                                                                         const at::Tensor& z, const at::Tensor& x,
+                                                                         const at::Tensor& weight,
+                                                                         c10::string_view precision,
+                                                                         std::array<bool, 3> output_mask) {
+  check_x_weight(x, weight);
+  CHECK_DEVICE(grad_y);
+  CHECK_SAME_DEVICE(grad_y, x);
+  CHECK_SAME_DEVICE(z, x);
+  CHECK_DTYPE(grad_y, x);
+  CHECK_DTYPE(z, x);
+  const int64_t N = weight.size(0), K = weight.size(1);
+  const auto out_shape = output_shape(x, N);
+  TORCH_CHECK(z.sizes() == at::IntArrayRef(out_shape), "mishbench: z must have the output shape ",
+              at::IntArrayRef(out_shape), " (x's leading dims, out_features), got ", z.sizes(),
+              " (was it saved with save_z=True?)");
+  TORCH_CHECK(grad_y.sizes() == z.sizes(), "mishbench: grad_y must have the shape of z ", z.sizes(), ", got ",
+              grad_y.sizes());
+  const Precision prec = checked_precision(precision, x.scalar_type());
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto opts = x.options();
+  // Masked-off gradients are distinct empty tensors (outputs of an op must not alias each other).
+  at::Tensor dx = output_mask[0] ? at::empty(x.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor dw = output_mask[1] ? at::empty({N, K}, opts) : at::empty({0}, opts);
+  at::Tensor db = output_mask[2] ? at::empty({N}, opts) : at::empty({0}, opts);
+  const int64_t M = batch_rows(x);
+  if (M == 0 || N == 0) {
+    // Empty sums are zero: dW and db vanish for an empty batch; dx vanishes when there are no outputs.
+    if (output_mask[0]) dx.zero_();
+    if (output_mask[1]) dw.zero_();
+    if (output_mask[2]) db.zero_();
+    return {dx, dw, db};
+  }
+  // dx and dW have no elements when K == 0, but db still needs dz.
+  const bool want_dx = output_mask[0] && K > 0;
+  const bool want_dw = output_mask[1] && K > 0;
+  if (!want_dx && !want_dw && !output_mask[2]) return {dx, dw, db};
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const c10::ScalarType dtype = x.scalar_type();
+  const at::Tensor dy2 = grad_y.reshape({M, N}).contiguous();
+  const at::Tensor z2 = z.reshape({M, N}).contiguous();
+  at::Tensor dz = want_dx ? at::empty({M, N}, opts) : at::Tensor();
+  at::Tensor dzt = want_dw ? at::empty({N, M}, opts) : at::Tensor();
+  at::Tensor partial;
+  if (output_mask[2]) {
+    const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+    partial = at::empty({mish_mish_bwd_chunks(M), N}, opts.dtype(acc));
+  }
+  launch_mish_mish_bwd(dy2.data_ptr(), z2.data_ptr(), want_dx ? dz.data_ptr() : nullptr,
+                       want_dw ? dzt.data_ptr() : nullptr, output_mask[2] ? db.data_ptr() : nullptr,
+                       output_mask[2] ? partial.data_ptr() : nullptr, M, N, dtype, stream);
+
+  if (want_dx) {
+    // dx[m, k] = sum_n dz[m, n] W[n, k]: TN form with B = Wᵀ (K, N) contiguous.
+    const at::Tensor wt = weight.t().contiguous();
+    GemmParams p;
+    p.A = dz.data_ptr();
+    p.B = wt.data_ptr();
+    p.C = dx.data_ptr();
+    p.lda = N;
+    p.ldb = N;
+    p.ldc = K;
+    p.M = M;
+    p.N = K;
+    p.K = N;
+    p.epilogue = Epilogue::kStore;
+    run_gemm(p, dtype, prec, stream);
+  }
+  if (want_dw) {
+    // dW[n, k] = sum_m dz[m, n] x[m, k]: TN form with A = dzᵀ (N, M) and B = xᵀ (K, M) contiguous.
+    const at::Tensor xt = x.reshape({M, K}).t().contiguous();
+    GemmParams p;
+    p.A = dzt.data_ptr();
+    p.B = xt.data_ptr();
+    p.C = dw.data_ptr();
+    p.lda = M;
+    p.ldb = M;
+    p.ldc = K;
+    p.M = N;
+    p.N = K;
+    p.K = M;
+    p.epilogue = Epilogue::kStore;
+    run_gemm(p, dtype, prec, stream);
+  }
+  return {dx, dw, db};
+}
+
+TORCH_LIBRARY_IMPL(mishbench, CUDA, m) {
+  m.impl("linear_mish_mish", &linear_mish_mish_cuda);
+  m.impl("linear_mish_mish_fwd", &linear_mish_mish_fwd_cuda);
+  m.impl("linear_mish_mish_bwd", &linear_mish_mish_bwd_cuda);
+}
+
+}  // namespace mishbench

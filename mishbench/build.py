@@ -1,0 +1,428 @@
+"""Build and load the mishbench CUDA extension (``csrc/``) with torch.utils.cpp_extension + ninja.
+
+The compiled library is cached in ``$MISHBENCH_CACHE`` (default ``~/.cache/mishbench``) under a key that hashes
+the csrc sources, the torch version, the CUDA toolkit version, the Python version and the arch list, so a
+cached build is loaded directly (no ninja run, no compiler probe) and any change rebuilds.
+
+Public API: :func:`build` (compile, report errors), :func:`load` (build if needed, never raises for the
+expected failures: no nvcc, compile error, load error), :func:`status`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional
+
+EXT_NAME = "mishbench_C"
+_SO_NAME = EXT_NAME + ".so"
+_STAMP = "build.json"
+# Accuracy is part of the contract: no --use_fast_math (DESIGN.md, fp32 bar = 2x eager's error).
+_CXX_FLAGS = ["-O3"]
+_NVCC_FLAGS = ["-O3", "-lineinfo", "-Xptxas=-v"]  # -v: registers/spills per kernel land in the build log
+# Bumped when the flags above change meaning, so old caches are not reused.
+_FLAGS_VERSION = "1"
+
+_state: Dict[str, object] = {"module": None, "reason": None}
+
+
+@dataclasses.dataclass
+class BuildResult:
+    ok: bool
+    module_path: Optional[str]
+    cache_dir: str
+    log_path: Optional[str]
+    seconds: float
+    errors: List[str]
+    cuda_home: Optional[str]
+    arch_list: List[str]
+    reason: str = ""
+
+
+def csrc_dir() -> Path:
+    """Sources: ``mishbench/csrc`` in an installed wheel, ``<repo>/csrc`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "csrc"
+    return packaged if packaged.is_dir() else here.parent / "csrc"
+
+
+def _sources(root: Path) -> List[Path]:
+    return sorted(p for p in root.iterdir() if p.suffix in (".cpp", ".cu"))
+
+
+def _hashed_files(root: Path) -> List[Path]:
+    return sorted(p for p in root.iterdir() if p.suffix in (".cpp", ".cu", ".cuh", ".h"))
+
+
+# --------------------------------------------------------------------------------------------- CUDA_HOME
+_WRAPPER_EXEC = re.compile(r"""^\s*exec\s+["']?([^\s"']*nvcc)["']?""", re.MULTILINE)
+
+
+def _follow_wrapper(path: str, depth: int = 0) -> str:
+    """If ``path`` is a small shell script that ``exec``s another nvcc, return that nvcc (recursively)."""
+    try:
+        if depth > 8 or os.path.getsize(path) > 16384:
+            return path
+        with open(path, "rb") as f:
+            head = f.read(16384)
+    except OSError:
+        return path
+    if not head.startswith(b"#!"):
+        return path  # a real binary
+    m = _WRAPPER_EXEC.search(head.decode("utf-8", "replace"))
+    if not m:
+        return path
+    target = m.group(1)
+    if not os.path.isabs(target):
+        found = shutil.which(target)
+        if not found:
+            return path
+        target = found
+    if os.path.realpath(target) == os.path.realpath(path):
+        return path
+    return _follow_wrapper(target, depth + 1)
+
+
+def resolve_cuda_home(environ: Optional[Mapping[str, str]] = None,
+                      which: Callable[[str], Optional[str]] = shutil.which) -> Optional[str]:
+    """The CUDA toolkit folder: ``CUDA_HOME``/``CUDA_PATH`` when set; else the folder above ``bin/nvcc``
+    of the ``nvcc`` on PATH, after following wrapper scripts (``exec /real/bin/nvcc "$@"``) and symlinks;
+    else ``/usr/local/cuda`` if it has nvcc. None when nothing is found."""
+    env = os.environ if environ is None else environ
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if env.get(var):
+            return os.path.realpath(env[var])
+    nvcc = which("nvcc")
+    if nvcc:
+        real = os.path.realpath(_follow_wrapper(nvcc))
+        bindir = os.path.dirname(real)
+        if os.path.basename(bindir) == "bin":
+            return os.path.dirname(bindir)
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return os.path.realpath("/usr/local/cuda")
+    return None
+
+
+def _cuda_version(cuda_home: str) -> Optional[str]:
+    vj = Path(cuda_home) / "version.json"
+    try:
+        return json.loads(vj.read_text())["cuda"]["version"]
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        out = subprocess.run([str(Path(cuda_home) / "bin" / "nvcc"), "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release ([\d.]+)", out)
+    return m.group(1) if m else None
+
+
+# ------------------------------------------------------------------------------------------------ arches
+def parse_arch_list(spec: str) -> List[str]:
+    """``"8.0;9.0a"``, ``"8.0 9.0a"``, ``"80,90a"`` or ``"8.0+PTX"`` -> normalised ``["8.0", "9.0a"]``."""
+    out: List[str] = []
+    for tok in re.split(r"[;,\s]+", spec.strip()):
+        if not tok:
+            continue
+        m = re.fullmatch(r"(?:sm_)?(\d+)\.?(\d)([af]?)(\+PTX)?", tok, flags=re.IGNORECASE)
+        if not m:
+            raise ValueError(f"bad CUDA arch {tok!r} (expected e.g. 8.0, 9.0a, 8.6+PTX)")
+        arch = f"{m.group(1)}.{m.group(2)}{m.group(3).lower()}" + ("+PTX" if m.group(4) else "")
+        if arch not in out:
+            out.append(arch)
+    if not out:
+        raise ValueError(f"empty CUDA arch list {spec!r}")
+    return out
+
+
+def gencode_flags(archs: List[str]) -> List[str]:
+    """Our own -gencode flags: torch 2.0's parser rejects '9.0a', and passing flags that mention 'arch'
+    makes torch (2.0 and 2.14 alike) add none of its own."""
+    flags = []
+    for a in archs:
+        ptx = a.endswith("+PTX")
+        num = a.replace("+PTX", "").replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    return flags
+
+
+def default_arch_list(arch: Optional[str] = None) -> List[str]:
+    """``arch`` if given; else the visible GPU (9.0 -> 9.0a so the Hopper code builds); else
+    ``TORCH_CUDA_ARCH_LIST``. Raises ValueError when none applies."""
+    if arch:
+        return parse_arch_list(arch)
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return [f"{major}.{minor}" + ("a" if (major, minor) == (9, 0) else "")]
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return parse_arch_list(env)
+    raise ValueError("no CUDA GPU visible and no arch given: pass --arch or set TORCH_CUDA_ARCH_LIST")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+_ERR_PATTERNS = [
+    re.compile(r"^(?P<file>[^\s:()][^:()]*)\((?P<line>\d+)\): (?:catastrophic )?error(?: #[\w-]+)?: (?P<msg>.*)$"),
+    re.compile(r"^(?P<file>[^\s:][^:]*):(?P<line>\d+):(?:\d+:)? (?:fatal )?error: (?P<msg>.*)$"),
+]
+_OTHER_ERR = re.compile(r"^(?:ptxas|nvlink|/usr/bin/ld|ld|collect2)[^:]*:?\s*(?:fatal )?error\s*:?\s*(?P<msg>.*)$",
+                        re.IGNORECASE)
+_LD_ERR = re.compile(r"^(?:/usr/bin/)?ld: (?P<msg>.*)$")
+
+
+def parse_errors(log: str, limit: int = 5) -> List[str]:
+    """First compiler errors of a build log as ``"file:line: message"`` (nvcc ``f(12): error: m``, gcc
+    ``f:12:3: error: m``), then linker/ptxas errors as ``"tool: message"``; duplicates dropped."""
+    errors: List[str] = []
+    for raw in log.splitlines():
+        line = raw.strip()
+        item = None
+        for pat in _ERR_PATTERNS:
+            m = pat.match(line)
+            if m:
+                item = f"{m.group('file')}:{m.group('line')}: {m.group('msg').strip()}"
+                break
+        if item is None:
+            m = _OTHER_ERR.match(line) or _LD_ERR.match(line)
+            if m and ("error" in line.lower() or "cannot find" in line or "undefined reference" in line):
+                item = f"{line.split(':', 1)[0].split('/')[-1]}: {m.group('msg').strip()}"
+        if item and item not in errors:
+            errors.append(item)
+            if len(errors) >= limit:
+                break
+    return errors
+
+
+# ------------------------------------------------------------------------------------------------- cache
+def _cache_root() -> Path:
+    env = os.environ.get("MISHBENCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mishbench"
+
+
+def build_key(archs: List[str], cuda_version: Optional[str]) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for p in _hashed_files(csrc_dir()):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    meta = [torch.__version__, str(torch.version.cuda), str(cuda_version), ";".join(archs),
+            "py%d.%d" % sys.version_info[:2], _FLAGS_VERSION]
+    h.update("|".join(meta).encode())
+    return h.hexdigest()[:16]
+
+
+def _import_so(so: Path):
+    """Load the built library: its static initialisers register torch.ops.mishbench.*."""
+    import torch  # noqa: F401  (libtorch must be loaded first: the .so links against it)
+
+    spec = importlib.util.spec_from_file_location(EXT_NAME, str(so))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {so}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+class _Tee:
+    """Routes fd 1/2 (ninja and nvcc output) into the log file for the duration of a build, and feeds
+    ninja's "[i/n] ..." progress lines to a callback."""
+
+    def __init__(self, log_path: Path, progress: Optional[Callable[[str], None]]):
+        self.log_path, self.progress = log_path, progress
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._log = open(self.log_path, "w")
+        self._saved = (os.dup(1), os.dup(2))
+        os.dup2(self._log.fileno(), 1)
+        os.dup2(self._log.fileno(), 2)
+        if self.progress is not None:
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self):
+        pos = 0
+        while True:
+            stopping = self._stop.wait(0.5)
+            try:
+                with open(self.log_path) as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos = f.tell()
+            except OSError:
+                chunk = ""
+            for line in chunk.splitlines():
+                if re.match(r"^\[\d+/\d+\]", line):
+                    try:
+                        self.progress(line[:160])  # type: ignore[misc]
+                    except Exception:
+                        pass
+            if stopping:
+                return
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._log.close()
+        self._stop.set()
+        if self.progress is not None:
+            self._thread.join()
+        return False
+
+
+def _find_toolkit() -> Optional[str]:
+    home = resolve_cuda_home()
+    if home is None or not (Path(home) / "bin" / "nvcc").exists():
+        return None
+    return home
+
+
+def _point_torch_at(home: str) -> None:
+    # torch computes CUDA_HOME once, at import of cpp_extension, from `which nvcc`; a wrapper script makes
+    # that the wrong folder (then linking fails on -lcudart). Set the environment first (so a first import
+    # finds it) and the module global too (for an earlier import).
+    os.environ["CUDA_HOME"] = home
+    import torch.utils.cpp_extension as cpp  # ~0.3 s to import: only when we really compile
+
+    cpp.CUDA_HOME = home
+
+
+def build(arch: Optional[str] = None, force: bool = False, verbose: bool = False,
+          progress: Optional[Callable[[str], None]] = None) -> BuildResult:
+    """Compile csrc/ into the cache (a cached build is reused unless ``force``). Builds without a GPU when
+    ``arch`` or ``TORCH_CUDA_ARCH_LIST`` names the targets. Never raises for expected failures."""
+    t0 = time.perf_counter()
+    cuda_home = _find_toolkit()
+    root = _cache_root()
+
+    def fail(reason: str, archs: List[str], cache: Path = root, log: Optional[Path] = None,
+             errors: Optional[List[str]] = None) -> BuildResult:
+        _state["reason"] = reason
+        return BuildResult(False, None, str(cache), str(log) if log else None, time.perf_counter() - t0,
+                           errors or [], cuda_home, archs, reason)
+
+    try:
+        archs = default_arch_list(arch)
+    except ValueError as e:
+        return fail(str(e), [])
+    if cuda_home is None:
+        return fail("nvcc not found: install the CUDA toolkit or set CUDA_HOME", archs)
+    key = build_key(archs, _cuda_version(cuda_home))
+    cache = root / key
+    so, log_path = cache / _SO_NAME, cache / "build.log"
+    if so.exists() and (cache / _STAMP).exists() and not force:
+        return BuildResult(True, str(so), str(cache), str(log_path), time.perf_counter() - t0, [], cuda_home,
+                           archs)
+    cache.mkdir(parents=True, exist_ok=True)
+    # A failed rebuild must not leave an older .so that looks like success: drop both before compiling.
+    for stale in (cache / _STAMP, so):
+        if stale.exists():
+            stale.unlink()
+
+    _point_torch_at(cuda_home)
+    import torch.utils.cpp_extension as cpp
+
+    # Our -gencode flags mention 'arch', so torch adds none; keep TORCH_CUDA_ARCH_LIST parseable by old
+    # torch parsers anyway ('9.0a' -> '9.0') while we build, and restore it after.
+    saved_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(a.rstrip("af").replace("a+", "+") for a in archs)
+    srcs = [str(p) for p in _sources(csrc_dir())]
+    err: Optional[BaseException] = None
+    try:
+        with _Tee(log_path, progress):
+            print(f"mishbench build: cuda_home={cuda_home} archs={archs} sources={srcs}", flush=True)
+            try:
+                # is_python_module=False: torch builds and then loads the .so with torch.ops.load_library.
+                cpp.load(name=EXT_NAME, sources=srcs, extra_cflags=_CXX_FLAGS,
+                         extra_cuda_cflags=_NVCC_FLAGS + gencode_flags(archs), extra_include_paths=[
+                             str(csrc_dir())], build_directory=str(cache), verbose=True, with_cuda=True,
+                         is_python_module=False)
+            except BaseException as e:  # noqa: BLE001 (compile errors, load errors without a driver, ...)
+                err = e
+                print(f"mishbench build: {type(e).__name__}: {e}", flush=True)
+    finally:
+        if saved_list is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = saved_list
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    if verbose:
+        sys.stdout.write(log)
+    if not so.exists():
+        errors = parse_errors(log) or ([f"{type(err).__name__}: {err}".splitlines()[0]] if err else [])
+        return fail(f"compile failed (see {log_path})", archs, cache, log_path, errors)
+    (cache / _STAMP).write_text(json.dumps({"archs": archs, "cuda_home": cuda_home, "key": key}))
+    if err is not None:
+        # Compiled, but torch could not load it here (e.g. no driver): still a successful build.
+        _state["reason"] = f"built, but loading failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+    return BuildResult(True, str(so), str(cache), str(log_path), time.perf_counter() - t0, [], cuda_home, archs)
+
+
+def load(arch: Optional[str] = None):
+    """The extension module (building it first if needed), or None with the reason kept for status().
+    Registers torch.ops.mishbench.* as a side effect. Never raises for no nvcc / compile / load failures."""
+    if _state["module"] is not None:
+        return _state["module"]
+    try:
+        import torch
+
+        if arch is None and not torch.cuda.is_available():
+            _state["reason"] = "no CUDA GPU visible"
+            return None
+        res = build(arch=arch)
+        if not res.ok:
+            _state["reason"] = res.reason + ("; " + res.errors[0] if res.errors else "")
+            return None
+        # Importing a .so that build() already loaded through torch is cheap: dlopen returns the same handle
+        # and the op registrations do not run twice.
+        module = _import_so(Path(res.module_path))  # type: ignore[arg-type]
+        _state.update(module=module, reason=None)
+        return module
+    except Exception as e:  # noqa: BLE001
+        _state["reason"] = f"{type(e).__name__}: {e}"
+        return None
+
+
+def status() -> dict:
+    """Whether the extension is built for the current key, where, and why the last attempt failed."""
+    info: dict = {"cache_root": str(_cache_root()), "loaded": _state["module"] is not None,
+                  "reason": _state["reason"], "csrc": str(csrc_dir())}
+    home = resolve_cuda_home()
+    info["cuda_home"] = home
+    try:
+        archs = default_arch_list(None)
+    except ValueError as e:
+        info.update(built=False, arch_list=[], reason=info["reason"] or str(e))
+        return info
+    except Exception as e:  # noqa: BLE001 (torch missing or broken)
+        info.update(built=False, arch_list=[], reason=f"{type(e).__name__}: {e}")
+        return info
+    info["arch_list"] = archs
+    if home is None:
+        info.update(built=False, reason=info["reason"] or "nvcc not found")
+        return info
+    cache = _cache_root() / build_key(archs, _cuda_version(home))
+    info["cache_dir"] = str(cache)
+    info["built"] = (cache / _SO_NAME).exists() and (cache / _STAMP).exists()
+    return info

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build, GPU tests, verify in every mode, bench; short table last.
+# Usage (device tool): bash scripts/device_check.sh [build] [tests] [verify] [bench] [small] [full]
+# Env: VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
+#      TEST_FILES, TESTS_TIMEOUT.
+# The device tool brings back at most 8 files from $OUT: logs go to $LOGS and come back as one
+# $OUT/logs.tgz; $OUT also gets summary.txt, report.md and the results CSVs.
+set -uo pipefail
+FINAL_OUT=${OUT:-/tmp/mishbench-out}
+OUT=/tmp/mishbench-logs
+mkdir -p "$OUT" "$FINAL_OUT"
+stages=${*:-build tests verify bench}
+export PYTHONUNBUFFERED=1 MISHBENCH_CACHE=/tmp/mishbench-cache
+# NVLink multicast stays off wherever NCCL runs (device README); the product itself sets nothing.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+py=python3
+summary="$OUT/summary.txt"; : > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader | tee "$OUT/gpu.txt"
+$py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+for pkg in typer rich pandas; do $py -c "import $pkg" 2>/dev/null || note "missing python package: $pkg"; done
+
+has() { [[ " $stages " == *" $1 "* ]]; }
+
+if has build; then
+  t0=$(date +%s)
+  $py -m mishbench build --verbose > "$OUT/build.log" 2>&1; rc=$?
+  note "build rc=$rc in $(( $(date +%s) - t0 )) s"
+  [ $rc -eq 0 ] || tail -30 "$OUT/build.log"
+  # Resource usage of every kernel (registers, spills, smem): docs/perf-notes.md quotes it.
+  so=$(find "$MISHBENCH_CACHE" -name '*.so' | head -1)
+  [ -n "$so" ] && cuobjdump --dump-resource-usage "$so" > "$OUT/resource-usage.txt" 2>&1
+fi
+
+if has tests; then
+  timeout ${TESTS_TIMEOUT:-300} $py -m pytest -q -m "cuda" ${TEST_FILES:-tests} > "$OUT/pytest-cuda.log" 2>&1; rc=$?
+  note "pytest -m cuda rc=$rc: $(tail -1 "$OUT/pytest-cuda.log")"
+  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/pytest-cuda.log" | cut -c1-300 | head -30
+fi
+
+if has verify; then
+  for args in ${VERIFY_MODES:---precision_3xtf32 --precision_ieee --precision_tf32 --dtype_bf16 --dtype_fp16}; do
+    args=${args//_/ }
+    tag=$(echo "$args" | tr -d ' -')
+    timeout 300 $py -m mishbench verify --device cuda $args --seed 1234 --json "$OUT/verify-$tag.json" \
+      > "$OUT/verify-$tag.log" 2>&1; rc=$?
+    note "verify $args rc=$rc: $(grep -E 'PASSED|FAILED|INCOMPLETE' "$OUT/verify-$tag.log" | tail -1)"
+    [ $rc -eq 0 ] || grep -E "fail|error" "$OUT/verify-$tag.log" | head -8
+  done
+fi
+
+if has bench; then
+  csv="$OUT/results-kernelbench.csv"
+  for args in ${BENCH_MODES:---precision_3xtf32 --precision_ieee --precision_tf32 --dtype_bf16 --dtype_fp16}; do
+    args=${args//_/ }
+    timeout 400 $py -m mishbench bench --preset kernelbench --mode all $args --out "$csv" \
+      > "$OUT/bench-$(echo "$args" | tr -d ' -').log" 2>&1
+    note "bench kernelbench $args rc=$?"
+  done
+  has small && timeout 300 $py -m mishbench bench --preset small --mode all --precision 3xtf32 --out "$OUT/results-small.csv" \
+    > "$OUT/bench-small.log" 2>&1; note "bench small rc=$?"
+fi
+
+if has full; then
+  for args in "--dtype fp32 --precision 3xtf32" "--dtype bf16"; do
+    timeout 500 $py -m mishbench bench --preset sweep --mode fwd $args --out "$OUT/results-sweep.csv" \
+      > "$OUT/bench-sweep-$(echo "$args" | tr -d ' -').log" 2>&1; note "bench sweep $args rc=$?"
+  done
+fi
+
+if ls "$OUT"/results-*.csv >/dev/null 2>&1; then
+  $py -m mishbench report "$OUT"/results-*.csv --markdown > "$OUT/report.md" 2>&1
+  cat "$OUT/report.md"
+fi
+cp "$summary" "$OUT"/results-*.csv "$OUT/report.md" "$FINAL_OUT/" 2>/dev/null
+tar czf "$FINAL_OUT/logs.tgz" -C "$OUT" .
+echo "==== summary ===="; cat "$summary"
