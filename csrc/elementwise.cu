@@ -16,6 +16,7 @@
 #include <c10/util/Half.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 
@@ -100,6 +101,26 @@ __global__ void __launch_bounds__(256)
   out[n] = static_cast<T>(s);
 }
 
+// y = mish(mish(z)) elementwise: the epilogue of the cuBLAS route (ieee mode at large shapes, where
+// cuBLAS's SGEMM is what eager runs too). Memory-bound: one read, one write, a grid-stride loop.
+template <typename T>
+__global__ void __launch_bounds__(256) mish_mish_fwd_kernel(const T* __restrict__ z, T* __restrict__ y, int64_t n) {
+  using Acc = typename AccType<T>::type;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    y[i] = static_cast<T>(mish(mish(static_cast<Acc>(z[i]))));
+  }
+}
+
+template <typename T>
+void launch_fwd_typed(const void* z, void* y, int64_t n, cudaStream_t stream) {
+  // Enough blocks to fill any current GPU several times over; the loop strides past that.
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, 132 * 16);
+  mish_mish_fwd_kernel<T><<<dim3(static_cast<unsigned>(blocks)), dim3(256), 0, stream>>>(
+      static_cast<const T*>(z), static_cast<T*>(y), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T>
 void launch_typed(const void* dy, const void* z, void* dz, void* dzt, void* db, void* partial, int64_t M,
                   int64_t N, cudaStream_t stream) {
@@ -125,6 +146,23 @@ void launch_typed(const void* dy, const void* z, void* dz, void* dzt, void* db, 
 }
 
 }  // namespace
+
+// y = mish(mish(z)) over n contiguous elements (y may equal z: each element is read before it is written).
+void launch_mish_mish_fwd(const void* z, void* y, int64_t n, c10::ScalarType dtype, cudaStream_t stream) {
+  TORCH_CHECK(n >= 1, "mishbench: mish_mish_fwd needs n >= 1, got ", n);
+  switch (dtype) {
+    case c10::ScalarType::Float:
+      return launch_fwd_typed<float>(z, y, n, stream);
+    case c10::ScalarType::Double:
+      return launch_fwd_typed<double>(z, y, n, stream);
+    case c10::ScalarType::Half:
+      return launch_fwd_typed<c10::Half>(z, y, n, stream);
+    case c10::ScalarType::BFloat16:
+      return launch_fwd_typed<c10::BFloat16>(z, y, n, stream);
+    default:
+      TORCH_CHECK(false, "mishbench: mish_mish_fwd supports float32, float64, float16 and bfloat16, got ", dtype);
+  }
+}
 
 // Rows of the partial-sum workspace launch_mish_mish_bwd needs for db: (chunks, N) in the accumulator type
 // (float32 for fp32/fp16/bf16, float64 for double).

@@ -504,7 +504,7 @@ class Verifier:
         dev, dt = self.device, self.dtype
         cases = [
             ("wrong in_features", torch.randn(4, 7, device=dev, dtype=dt), dev, dt, ("in_features", "7", "shape")),
-            ("0-dim input", torch.tensor(1.0, device=dev, dtype=dt), dev, dt, ("dim",)),
+            ("0-dim input", torch.tensor(1.0, device=dev, dtype=dt), dev, dt, ("dim", "0D", "1D", "scalar")),
             ("integer dtype", torch.ones(4, 6, device=dev, dtype=torch.int64), dev, dt, ("dtype", "Long", "int")),
             ("dtype mismatch", torch.randn(4, 6, device=dev, dtype=torch.float64 if dt != torch.float64 else torch.float32),
              dev, dt, ("dtype", "Double", "Float")),

@@ -43,7 +43,7 @@ if has verify; then
   for args in ${VERIFY_MODES:---precision_3xtf32 --precision_ieee --precision_tf32 --dtype_bf16 --dtype_fp16}; do
     args=${args//_/ }
     tag=$(echo "$args" | tr -d ' -')
-    timeout 300 $py -m mishbench verify --device cuda $args --seed 1234 --json "$OUT/verify-$tag.json" \
+    timeout 300 $py -X faulthandler -m mishbench verify --device cuda $args --seed 1234 --json "$OUT/verify-$tag.json" \
       > "$OUT/verify-$tag.log" 2>&1; rc=$?
     note "verify $args rc=$rc: $(grep -E 'PASSED|FAILED|INCOMPLETE' "$OUT/verify-$tag.log" | tail -1)"
     [ $rc -eq 0 ] || grep -E "fail|error" "$OUT/verify-$tag.log" | head -8
