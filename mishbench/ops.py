@@ -167,9 +167,11 @@ def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
                     x.to(amp_dtype), weight.to(amp_dtype), None if bias is None else bias.to(amp_dtype),
                     "native" if amp_dtype in (torch.float16, torch.bfloat16) else precision)
     # --- end autocast (issue 7) -----------------------------------------------------------------------
+    # Checked here for both paths, so a bad input gets the same one-line error on the CPU and on CUDA
+    # (~1 µs of host time; the C++ host code checks again for direct torch.ops callers).
+    _check_inputs(x, weight, bias)
     if x.is_cuda and _load_extension():
         return torch.ops.mishbench.linear_mish_mish(x, weight, bias, precision)
-    _check_inputs(x, weight, bias)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return _CompositeLinearMishMish.apply(x, weight, bias, precision)

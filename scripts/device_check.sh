@@ -33,8 +33,12 @@ if has build; then
   [ -n "$so" ] && cuobjdump --dump-resource-usage "$so" > "$OUT/resource-usage.txt" 2>&1
 fi
 
+if has probe; then
+  timeout 120 $py scripts/segv_probe.py > "$OUT/segv-probe.log" 2>&1; note "segv probe rc=$?"; cat "$OUT/segv-probe.log"
+fi
+
 if has tests; then
-  timeout ${TESTS_TIMEOUT:-300} $py -m pytest -q -m "cuda" ${TEST_FILES:-tests} > "$OUT/pytest-cuda.log" 2>&1; rc=$?
+  timeout ${TESTS_TIMEOUT:-300} $py -m pytest -q -rfE --tb=line -m "cuda" ${TEST_FILES:-tests} > "$OUT/pytest-cuda.log" 2>&1; rc=$?
   note "pytest -m cuda rc=$rc: $(tail -1 "$OUT/pytest-cuda.log")"
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/pytest-cuda.log" | cut -c1-300 | head -30
 fi
@@ -43,7 +47,7 @@ if has verify; then
   for args in ${VERIFY_MODES:---precision_3xtf32 --precision_ieee --precision_tf32 --dtype_bf16 --dtype_fp16}; do
     args=${args//_/ }
     tag=$(echo "$args" | tr -d ' -')
-    timeout 300 $py -X faulthandler -m mishbench verify --device cuda $args --seed 1234 --json "$OUT/verify-$tag.json" \
+    timeout ${VERIFY_TIMEOUT:-300} $py -X faulthandler -m mishbench verify --device cuda $args --seed 1234 --json "$OUT/verify-$tag.json" \
       > "$OUT/verify-$tag.log" 2>&1; rc=$?
     note "verify $args rc=$rc: $(grep -E 'PASSED|FAILED|INCOMPLETE' "$OUT/verify-$tag.log" | tail -1)"
     [ $rc -eq 0 ] || grep -E "fail|error" "$OUT/verify-$tag.log" | head -8
