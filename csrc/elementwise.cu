@@ -8,6 +8,7 @@
 // into partial[chunk][n] (fp32 for half types, fp64 for double); a second tiny kernel adds the chunks of
 // each column in order and rounds once to the dtype.
 #include "mish.cuh"
+#include "msg.h"
 
 #include <c10/core/ScalarType.h>
 #include <c10/cuda/CUDAException.h>
@@ -128,7 +129,7 @@ void launch_typed(const void* dy, const void* z, void* dz, void* dzt, void* db, 
   const int64_t tiles_n = (N + kTile - 1) / kTile;
   const int64_t chunks = (M + kChunkRows - 1) / kChunkRows;
   const int64_t blocks = tiles_n * chunks;
-  TORCH_CHECK(blocks <= INT_MAX, "mishbench: backward of ", M, "x", N, " needs ", blocks,
+  TORCH_CHECK(blocks <= INT_MAX, "mishbench: backward of ", num(M), "x", num(N), " needs ", num(blocks),
               " blocks, more than one grid can hold");
   Acc* part = db != nullptr ? static_cast<Acc*>(partial) : nullptr;
   TORCH_CHECK(db == nullptr || part != nullptr, "mishbench: db needs a partial-sum workspace");
@@ -138,7 +139,7 @@ void launch_typed(const void* dy, const void* z, void* dz, void* dzt, void* db, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (db != nullptr) {
     const int64_t grid = (N + 255) / 256;
-    TORCH_CHECK(grid <= INT_MAX, "mishbench: db of size ", N, " is too large for one grid");
+    TORCH_CHECK(grid <= INT_MAX, "mishbench: db of size ", num(N), " is too large for one grid");
     column_sum_kernel<T><<<dim3(static_cast<unsigned>(grid)), dim3(256), 0, stream>>>(part, static_cast<T*>(db),
                                                                                     chunks, N);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -149,7 +150,7 @@ void launch_typed(const void* dy, const void* z, void* dz, void* dzt, void* db, 
 
 // y = mish(mish(z)) over n contiguous elements (y may equal z: each element is read before it is written).
 void launch_mish_mish_fwd(const void* z, void* y, int64_t n, c10::ScalarType dtype, cudaStream_t stream) {
-  TORCH_CHECK(n >= 1, "mishbench: mish_mish_fwd needs n >= 1, got ", n);
+  TORCH_CHECK(n >= 1, "mishbench: mish_mish_fwd needs n >= 1, got ", num(n));
   switch (dtype) {
     case c10::ScalarType::Float:
       return launch_fwd_typed<float>(z, y, n, stream);
@@ -172,7 +173,7 @@ int64_t mish_mish_bwd_chunks(int64_t M) { return (M + kChunkRows - 1) / kChunkRo
 // workspace above (needed only with db). M, N >= 1.
 void launch_mish_mish_bwd(const void* dy, const void* z, void* dz, void* dzt, void* db, void* partial, int64_t M,
                           int64_t N, c10::ScalarType dtype, cudaStream_t stream) {
-  TORCH_CHECK(M >= 1 && N >= 1, "mishbench: backward kernel needs M, N >= 1, got ", M, ", ", N);
+  TORCH_CHECK(M >= 1 && N >= 1, "mishbench: backward kernel needs M, N >= 1, got ", num(M), ", ", num(N));
   switch (dtype) {
     case c10::ScalarType::Float:
       launch_typed<float>(dy, z, dz, dzt, db, partial, M, N, stream);

@@ -12,6 +12,7 @@
 // are used when the leading dimensions and base pointers allow it, with a scalar tail for the last K group.
 // Offsets are int64_t; tiles are numbered on a 1-D grid (gridDim.x allows 2^31 - 1, gridDim.y only 65535).
 #include "gemm.h"
+#include "msg.h"
 #include "mish.cuh"
 
 #include <c10/cuda/CUDAException.h>
@@ -190,8 +191,8 @@ void launch_config(const GemmParams& p, cudaStream_t stream) {
   const int64_t tiles_m = (p.M + Cfg::BM - 1) / Cfg::BM;
   const int64_t tiles_n = (p.N + Cfg::BN - 1) / Cfg::BN;
   const int64_t tiles = tiles_m * tiles_n;
-  TORCH_CHECK(tiles <= INT_MAX, "mishbench: GEMM of ", p.M, "x", p.N, " needs ", tiles,
-              " tiles, more than one grid can hold (", INT_MAX, ")");
+  TORCH_CHECK(tiles <= INT_MAX, "mishbench: GEMM of ", num(p.M), "x", num(p.N), " needs ", num(tiles),
+              " tiles, more than one grid can hold (", num(INT_MAX), ")");
   const bool vec = p.lda % 4 == 0 && p.ldb % 4 == 0 && aligned4<T>(p.A) && aligned4<T>(p.B);
   const dim3 grid(static_cast<unsigned>(tiles));
   const dim3 block(Cfg::kThreads);
@@ -230,14 +231,14 @@ void launch_epilogue(const GemmParams& p, cudaStream_t stream) {
       launch_typed<T, Epilogue::kBiasMishMish>(p, stream);
       return;
   }
-  TORCH_CHECK(false, "mishbench: unknown GEMM epilogue ", static_cast<int>(p.epilogue));
+  TORCH_CHECK(false, "mishbench: unknown GEMM epilogue ", num(static_cast<int>(p.epilogue)));
 }
 
 }  // namespace
 
 void launch_gemm_simt(const GemmParams& p, c10::ScalarType dtype, cudaStream_t stream) {
-  TORCH_CHECK(p.M >= 1 && p.N >= 1 && p.K >= 1, "mishbench: SIMT GEMM needs M, N, K >= 1, got ", p.M, ", ",
-              p.N, ", ", p.K);
+  TORCH_CHECK(p.M >= 1 && p.N >= 1 && p.K >= 1, "mishbench: SIMT GEMM needs M, N, K >= 1, got ", num(p.M),
+              ", ", num(p.N), ", ", num(p.K));
   switch (dtype) {
     case c10::ScalarType::Float:
       launch_epilogue<float>(p, stream);

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include "gemm.h"
+#include "msg.h"
 #include "gemm_tc.cuh"
 
 namespace mishbench {
@@ -95,8 +96,8 @@ bool launch_gemm_tc(const GemmParams& p, c10::ScalarType dtype, Precision precis
   } else {
     return false;
   }
-  TORCH_CHECK(p.M >= 1 && p.N >= 1 && p.K >= 1, "launch_gemm_tc: M, N, K must be >= 1, got ", p.M, ", ", p.N,
-              ", ", p.K);
+  TORCH_CHECK(p.M >= 1 && p.N >= 1 && p.K >= 1, "launch_gemm_tc: M, N, K must be >= 1, got ", num(p.M), ", ",
+              num(p.N), ", ", num(p.K));
   TORCH_CHECK(p.epilogue != Epilogue::kBiasMishMish || p.bias != nullptr,
               "launch_gemm_tc: kBiasMishMish needs a bias pointer");
 

@@ -19,6 +19,7 @@
 #include <tuple>
 
 #include "gemm.h"
+#include "msg.h"
 
 namespace mishbench {
 
@@ -39,10 +40,10 @@ namespace {
   TORCH_CHECK((x).scalar_type() == (ref).scalar_type(), "mishbench: " #x " has dtype ", (x).scalar_type(), \
               " but " #ref " has dtype ", (ref).scalar_type(), "; they must match")
 #define CHECK_DIM(x, d) \
-  TORCH_CHECK((x).dim() == (d), "mishbench: " #x " must be ", (d), "-D, got shape ", (x).sizes())
+  TORCH_CHECK((x).dim() == (d), "mishbench: " #x " must be ", num(d), "-D, got shape ", shape((x).sizes()))
 #define CHECK_SHAPE(x, ...)                                                                        \
   TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), "mishbench: " #x " must have shape (", \
-              #__VA_ARGS__, ") = ", at::IntArrayRef({__VA_ARGS__}), ", got ", (x).sizes())
+              #__VA_ARGS__, ") = ", shape(at::IntArrayRef({__VA_ARGS__})), ", got ", shape((x).sizes()))
 
 bool supported_dtype(c10::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -120,9 +121,8 @@ void check_x_weight(const at::Tensor& x, const at::Tensor& weight) {
               "mishbench: x must be float32, float16, bfloat16 or float64, got ", x.scalar_type());
   TORCH_CHECK(x.dim() >= 1, "mishbench: x must have at least 1 dimension (..., in_features), got a scalar");
   CHECK_DIM(weight, 2);
-  TORCH_CHECK(x.size(-1) == weight.size(1), "mishbench: x has ", x.size(-1),
-              " features in its last dimension but weight (out_features, in_features) has shape ",
-              weight.sizes());
+  TORCH_CHECK(x.size(-1) == weight.size(1), "mishbench: x has in_features=", num(x.size(-1)),
+              " in its last dimension but weight (out_features, in_features) has shape ", shape(weight.sizes()));
 }
 
 std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
@@ -217,10 +217,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
   const int64_t N = weight.size(0), K = weight.size(1);
   const auto out_shape = output_shape(x, N);
   TORCH_CHECK(z.sizes() == at::IntArrayRef(out_shape), "mishbench: z must have the output shape ",
-              at::IntArrayRef(out_shape), " (x's leading dims, out_features), got ", z.sizes(),
+              shape(out_shape), " (x's leading dims, out_features), got ", shape(z.sizes()),
               " (was it saved with save_z=True?)");
-  TORCH_CHECK(grad_y.sizes() == z.sizes(), "mishbench: grad_y must have the shape of z ", z.sizes(), ", got ",
-              grad_y.sizes());
+  TORCH_CHECK(grad_y.sizes() == z.sizes(), "mishbench: grad_y must have the shape of z ", shape(z.sizes()),
+              ", got ", shape(grad_y.sizes()));
   const Precision prec = checked_precision(precision, x.scalar_type());
 
   const c10::cuda::CUDAGuard guard(x.device());

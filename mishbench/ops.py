@@ -119,6 +119,15 @@ class _CompositeLinearMishMish(torch.autograd.Function):
 _ext_state = {"tried": False, "ok": False, "reason": None}
 
 
+def _constant_under_compile(fn):
+    """torch.compile evaluates `fn` once at trace time and bakes in its result instead of tracing it:
+    loading the extension (file I/O, time.perf_counter) cannot be traced, and inside a fullgraph compile
+    whose first call loads it, dynamo failed on the H100 ("cannot trace time.perf_counter")."""
+    mark = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
+    return mark(fn) if mark is not None else fn
+
+
+@_constant_under_compile
 def _load_extension() -> bool:
     if not _ext_state["tried"]:
         _ext_state["tried"] = True

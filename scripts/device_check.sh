@@ -33,6 +33,12 @@ if has build; then
   [ -n "$so" ] && cuobjdump --dump-resource-usage "$so" > "$OUT/resource-usage.txt" 2>&1
 fi
 
+if has gdb; then
+  # Native backtrace of the crash scripts/segv_probe.py found (wrong in_features through torch.ops).
+  timeout 120 cuda-gdb -batch -ex run -ex bt --args $py -c "import torch, mishbench.ops as o; o.implementation('cuda'); torch.ops.mishbench.linear_mish_mish(torch.randn(4, 7, device='cuda'), torch.randn(3, 6, device='cuda'), torch.randn(3, device='cuda'), 'ieee')" > "$OUT/gdb.log" 2>&1
+  note "gdb rc=$?"; grep -E "^#|SIG" "$OUT/gdb.log" | head -25
+fi
+
 if has probe; then
   timeout 120 $py scripts/segv_probe.py > "$OUT/segv-probe.log" 2>&1; note "segv probe rc=$?"; cat "$OUT/segv-probe.log"
 fi
@@ -62,8 +68,10 @@ if has bench; then
       > "$OUT/bench-$(echo "$args" | tr -d ' -').log" 2>&1
     note "bench kernelbench $args rc=$?"
   done
-  has small && timeout 300 $py -m mishbench bench --preset small --mode all --precision 3xtf32 --out "$OUT/results-small.csv" \
-    > "$OUT/bench-small.log" 2>&1; note "bench small rc=$?"
+  if has small; then
+    timeout 300 $py -m mishbench bench --preset small --mode all --precision 3xtf32 --out "$OUT/results-small.csv" \
+      > "$OUT/bench-small.log" 2>&1; note "bench small rc=$?"
+  fi
 fi
 
 if has full; then
