@@ -1,0 +1,26 @@
+# expect: fail=forward,backward,param_count,init,state_dict,gradcheck,training,shapes,anti_cheat_stale_output,bad_inputs
+"""Broken: weight stored [in_features][out_features], so Model's state_dict does not load."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Linear(nn.Module):
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        bound = 1 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+
+class ModelNew(nn.Module):
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.linear = Linear(in_features, out_features)
+
+    def forward(self, x):
+        return F.mish(F.mish(x @ self.linear.weight + self.linear.bias))

@@ -1,0 +1,17 @@
+# expect: fail=anti_cheat_backend_flags
+"""Cheat: switches TF32 on for every matmul in the process (10x faster fp32 GEMMs, 100x the error)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+
+
+class ModelNew(nn.Module):
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x):
+        return F.mish(F.mish(self.linear(x)))
