@@ -47,7 +47,20 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-    """The same checks, with the same meaning, as the CUDA host code: each names the argument."""
+    """The same checks, with the same meaning, as the CUDA host code: each names the argument.
+
+    This runs on every call, also for launch-bound shapes, so good inputs take one combined test; the
+    checks that name the problem run only when it fails.
+    """
+    xs, ws = x.shape, weight.shape
+    if (len(xs) >= 1 and len(ws) == 2 and xs[-1] == ws[1] and x.dtype == weight.dtype and x.is_floating_point()
+            and x.device == weight.device
+            and (bias is None or (bias.shape == ws[:1] and bias.dtype == x.dtype and bias.device == x.device))):
+        return
+    _explain_bad_inputs(x, weight, bias)
+
+
+def _explain_bad_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
     if x.dim() == 0:
         raise ValueError("x must have at least 1 dimension (..., in_features), got a 0-dim tensor")
     if not x.is_floating_point():
@@ -68,6 +81,9 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                         + ": all must share one dtype")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    raise ValueError(f"inconsistent inputs: x {tuple(x.shape)} {x.dtype} {x.device}, weight {tuple(weight.shape)} "
+                     f"{weight.dtype} {weight.device}"
+                     + ("" if bias is None else f", bias {tuple(bias.shape)} {bias.dtype} {bias.device}"))
 
 
 def composite_forward(x, weight, bias, save_z: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
