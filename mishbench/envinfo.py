@@ -1,5 +1,6 @@
 """Facts about the machine, for `info`, the verify JSON and the result CSV's provenance columns."""
 import functools
+import os
 import platform
 import shutil
 import subprocess
@@ -23,7 +24,9 @@ def _run(cmd, cwd=None) -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def git_sha() -> str:
-    return _run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO) or "unknown"
+    """The checkout's commit; MISHBENCH_GIT_SHA wins (a GPU machine's copy of the tree may have no .git)."""
+    return (os.environ.get("MISHBENCH_GIT_SHA") or _run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO)
+            or "unknown")
 
 
 @functools.lru_cache(maxsize=None)
