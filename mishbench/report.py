@@ -186,7 +186,8 @@ def plot_png(df, path: Path) -> None:
     shapes = list(ok.sort_values("_flops", kind="mergesort")["shape"].drop_duplicates())
     xpos = {s: i for i, s in enumerate(shapes)}
     multi_gpu = ok["gpu"].nunique() > 1
-    fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(shapes) + 6), 5))
+    # Stacked, legends to the right: with every provider × mode × dtype a legend inside the axes hides data.
+    fig, (ax_s, ax_t) = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(shapes) + 5), 10))
     for key, grp in ok.groupby(["label", "dtype", "accuracy_class", "mode", "gpu"], sort=True):
         label, dtype, klass, mode, gpu = key
         name = f"{label} · {dtype}/{klass} · {mode}" + (f" · {gpu}" if multi_gpu else "")
@@ -208,10 +209,10 @@ def plot_png(df, path: Path) -> None:
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), dpi=120)
+    fig.savefig(str(path), dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
