@@ -112,6 +112,23 @@ class StrictFp32Matmul {
   bool restore_;
 };
 
+// C (M, N) = A (M, K) · B (N, K)ᵀ, all contiguous: the backward's two products.
+void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, int64_t K, c10::ScalarType dtype,
+                  Precision prec, cudaStream_t stream) {
+  GemmParams p;
+  p.A = A;
+  p.B = B;
+  p.C = C;
+  p.lda = K;
+  p.ldb = K;
+  p.ldc = N;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.epilogue = Epilogue::kStore;
+  run_gemm(p, dtype, prec, stream);
+}
+
 // Forward-shape checks shared by fwd and bwd: x (..., K), weight (N, K).
 void check_x_weight(const at::Tensor& x, const at::Tensor& weight) {
   CHECK_DEVICE(x);
@@ -271,34 +288,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
   if (want_dx) {
     // dx[m, k] = sum_n dz[m, n] W[n, k]: TN form with B = Wᵀ (K, N) contiguous.
     const at::Tensor wt = weight.t().contiguous();
-    GemmParams p;
-    p.A = dz.data_ptr();
-    p.B = wt.data_ptr();
-    p.C = dx.data_ptr();
-    p.lda = N;
-    p.ldb = N;
-    p.ldc = K;
-    p.M = M;
-    p.N = K;
-    p.K = N;
-    p.epilogue = Epilogue::kStore;
-    run_gemm(p, dtype, prec, stream);
+    run_tn_store(dz.data_ptr(), wt.data_ptr(), dx.data_ptr(), /*M=*/M, /*N=*/K, /*K=*/N, dtype, prec, stream);
   }
   if (want_dw) {
     // dW[n, k] = sum_m dz[m, n] x[m, k]: TN form with A = dzᵀ (N, M) and B = xᵀ (K, M) contiguous.
     const at::Tensor xt = x.reshape({M, K}).t().contiguous();
-    GemmParams p;
-    p.A = dzt.data_ptr();
-    p.B = xt.data_ptr();
-    p.C = dw.data_ptr();
-    p.lda = M;
-    p.ldb = M;
-    p.ldc = K;
-    p.M = N;
-    p.N = K;
-    p.K = M;
-    p.epilogue = Epilogue::kStore;
-    run_gemm(p, dtype, prec, stream);
+    run_tn_store(dzt.data_ptr(), xt.data_ptr(), dw.data_ptr(), /*M=*/N, /*N=*/K, /*K=*/M, dtype, prec, stream);
   }
   return {dx, dw, db};
 }
