@@ -12,7 +12,6 @@ this file on purpose.
 """
 import importlib.util
 import io
-import math
 import os
 import struct
 import sys

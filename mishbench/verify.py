@@ -10,7 +10,6 @@ from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 
 from . import envinfo, ops
 from .checks import Check, Report
@@ -22,6 +21,11 @@ from .shapes import KERNELBENCH, ODD_SIZES, Size
 
 State = "OrderedDict[str, torch.Tensor]"
 GRAD_NAMES = ("x", "linear.weight", "linear.bias")
+
+
+def _grads(model, x) -> Dict[str, torch.Tensor]:
+    """The gradients after a backward, by name (GRAD_NAMES), for our ModelNew and the reference alike."""
+    return {"x": x.grad, "linear.weight": model.linear.weight.grad, "linear.bias": model.linear.bias.grad}
 
 
 class Runner:
@@ -110,8 +114,7 @@ class BuiltinRunner(Runner):
                 return model(x), None
         y = model(x)
         y.backward(grad_y)
-        grads = {"x": x.grad, "linear.weight": model.linear.weight.grad, "linear.bias": model.linear.bias.grad}
-        return y.detach(), grads
+        return y.detach(), _grads(model, x)
 
     def call_error(self, size, x, param_device, param_dtype):
         model = ModelNew(size.in_features, size.out_features, self._precision).to(param_device, param_dtype)
@@ -229,10 +232,6 @@ COMPAT_MODES = ("compile", "autocast:bf16", "autocast:fp16", "cuda_graph", "seri
                 "inference_mode")
 
 
-def _grads(model, x) -> Dict[str, torch.Tensor]:
-    return {"x": x.grad, "linear.weight": model.linear.weight.grad, "linear.bias": model.linear.bias.grad}
-
-
 def _forward_backward(fn, model, x, grad_y):
     """y = fn(x) (fn: model or a compiled wrapper of it); with grad_y also the gradients by name."""
     x = x.detach().clone().requires_grad_(True)
@@ -266,7 +265,7 @@ def reference_run(size: Size, state: State, x: torch.Tensor, grad_y: Optional[to
                 return model(xx), None
         y = model(xx)
         y.backward(grad_y.to(dtype))
-    return y.detach(), {"x": xx.grad, "linear.weight": model.linear.weight.grad, "linear.bias": model.linear.bias.grad}
+    return y.detach(), _grads(model, xx)
 
 
 def make_inputs(size: Size, kind: str, generator: torch.Generator, device, dtype, lead: Sequence[int] = ()):
