@@ -188,6 +188,105 @@ __device__ __forceinline__ void store_pair(T* row_ptr, int64_t n, int64_t N, flo
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Pieces shared with the wgmma kernels (gemm_wgmma.cuh): tile order, the cp.async tile loader, the epilogue.
+// ---------------------------------------------------------------------------------------------------------
+// Grouped rasterisation: consecutive blocks walk down kGroupM tile-rows before moving one tile-column right,
+// so the blocks resident at once share B (the large operand at the KernelBench shape) tiles in L2.
+__device__ __forceinline__ void grouped_tile(int64_t pid, int64_t tiles_m, int64_t tiles_n, int64_t& tm,
+                                             int64_t& tn) {
+  const int64_t in_group = kGroupM * tiles_n;
+  const int64_t first_m = (pid / in_group) * kGroupM;
+  const int64_t gsize = min(tiles_m - first_m, static_cast<int64_t>(kGroupM));
+  const int64_t r = pid % in_group;
+  tm = first_m + r % gsize;
+  tn = r / gsize;
+}
+
+#if MISHBENCH_TC_ENABLED
+// Moves one k-tile (kBM rows of A and kBN rows of B, 128 bytes of K each) into two swizzled 16 KB smem tiles
+// with 16-byte cp.async. Each thread owns chunk (tid & 7) of rows (tid >> 3) + kThreads/8 · i; a quarter-warp
+// writes one whole 128-byte row. Rows past M / N and chunks past K are zero-filled (nothing is read), so
+// the tail k-tile and edge tiles need no special case in the math.
+template <typename T, int kThreads>
+struct TileLoader {
+  static constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
+  static constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));
+  static constexpr int kLdRows = kThreads / 8;     // rows per pass
+  static constexpr int kLdPasses = kBM / kLdRows;  // passes per tile
+  static_assert(kBM % kLdRows == 0 && kLdRows % 8 == 0, "loader layout");
+
+  const T* A;
+  const T* B;
+  const T* a_src;
+  const T* b_src;
+  int64_t a_step, b_step, K;
+  uint32_t a_rows_ok = 0, b_rows_ok = 0, st_off;
+  int ld_chunk;
+
+  __device__ __forceinline__ TileLoader(const GemmParams& p, int64_t m0, int64_t n0, int tid)
+      : A(static_cast<const T*>(p.A)), B(static_cast<const T*>(p.B)), K(p.K) {
+    ld_chunk = tid & 7;
+    const int ld_row = tid >> 3;
+    a_src = A + (m0 + ld_row) * p.lda + ld_chunk * kVec;
+    b_src = B + (n0 + ld_row) * p.ldb + ld_chunk * kVec;
+    a_step = kLdRows * p.lda;
+    b_step = kLdRows * p.ldb;
+#pragma unroll
+    for (int i = 0; i < kLdPasses; ++i) {
+      a_rows_ok |= (m0 + ld_row + kLdRows * i < p.M ? 1u : 0u) << i;
+      b_rows_ok |= (n0 + ld_row + kLdRows * i < p.N ? 1u : 0u) << i;
+    }
+    st_off = swz(ld_row, ld_chunk);  // + i * kLdRows rows; (row & 7) is the same for all i
+  }
+
+  // k-tile kt into the tiles at shared addresses a_tile / b_tile.
+  __device__ __forceinline__ void load(int64_t kt, uint32_t a_tile, uint32_t b_tile) const {
+    const int64_t k = kt * kBK + ld_chunk * kVec;  // K % kVec == 0, so a chunk is wholly in or out
+    const bool k_ok = k < K;
+    const int64_t koff = kt * kBK;
+    const uint32_t a_dst = a_tile + st_off;
+    const uint32_t b_dst = b_tile + st_off;
+#pragma unroll
+    for (int i = 0; i < kLdPasses; ++i) {
+      const bool pa = k_ok && ((a_rows_ok >> i) & 1u);
+      const bool pb = k_ok && ((b_rows_ok >> i) & 1u);
+      // Out-of-range chunks are zero-filled; their source address is clamped to the operand's base.
+      cp_async16(a_dst + i * kLdRows * kRowBytes, pa ? static_cast<const void*>(a_src + i * a_step + koff) : A, pa);
+      cp_async16(b_dst + i * kLdRows * kRowBytes, pb ? static_cast<const void*>(b_src + i * b_step + koff) : B, pb);
+    }
+  }
+};
+#endif  // MISHBENCH_TC_ENABLED
+
+// Epilogue for one accumulator pair: C fragment columns (n, n+1) of row m, in both kernel families (the
+// mma.sync m16n8 and wgmma m64nN accumulators both hold adjacent column pairs). kMish: + bias, store Z
+// (when asked), then C = mish(mish(z)). b0/b1: bias[n], bias[n+1] (0 past N).
+template <typename T, bool kMish>
+__device__ __forceinline__ void epilogue_pair(const GemmParams& p, int64_t m, int64_t n, float v0, float v1,
+                                              float b0, float b1, bool vec_c, bool vec_z) {
+  if (m >= p.M) return;
+  if constexpr (kMish) {
+    v0 += b0;
+    v1 += b1;
+    if (p.Z != nullptr) store_pair<T>(static_cast<T*>(p.Z) + m * p.ldz, n, p.N, v0, v1, vec_z);
+    v0 = ::mishbench::mish(::mishbench::mish(v0));
+    v1 = ::mishbench::mish(::mishbench::mish(v1));
+  }
+  store_pair<T>(static_cast<T*>(p.C) + m * p.ldc, n, p.N, v0, v1, vec_c);
+}
+
+template <typename T, bool kMish>
+__device__ __forceinline__ void bias_pair(const GemmParams& p, int64_t n, float& b0, float& b1) {
+  b0 = 0.f;
+  b1 = 0.f;
+  if constexpr (kMish) {
+    const T* const bias = static_cast<const T*>(p.bias);
+    if (n < p.N) b0 = to_float<T>(bias[n]);
+    if (n + 1 < p.N) b1 = to_float<T>(bias[n + 1]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The kernel
 // ---------------------------------------------------------------------------------------------------------
 // T: float (kMode k3xTf32 / kTf32), __half or __nv_bfloat16 (kMode kHalf). kMish: kBiasMishMish epilogue.
@@ -203,29 +302,12 @@ __global__ void __launch_bounds__(threads_for(kMode), kMode == Mode::kHalf ? 2 :
   constexpr int kWarpsM = kThreads / 32 / kWarpsN;
   constexpr int kWarpM = kBM / kWarpsM;
   constexpr int kMT = kWarpM / 16;                 // m16 tiles per warp: 4 (half) or 2 (fp32)
-  constexpr int kLdRows = kThreads / 8;            // rows per loader pass (8 chunks of 16 B per row)
-  constexpr int kLdPasses = kBM / kLdRows;         // 4 (half) or 2 (fp32)
-  static_assert(kBM % kLdRows == 0 && kLdRows % 8 == 0, "loader layout");
-  constexpr int kVec = 16 / static_cast<int>(sizeof(T));   // elements per 16-byte chunk
   constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));  // K elements per stage
   static_assert(kMode == Mode::kHalf ? sizeof(T) == 2 : sizeof(T) == 4, "mode/dtype mismatch");
 
-  const int64_t M = p.M, N = p.N, K = p.K;
-  const int64_t tiles_m = (M + kBM - 1) / kBM;
-  const int64_t tiles_n = (N + kBN - 1) / kBN;
-
-  // Grouped rasterisation: consecutive blocks walk down kGroupM tile-rows before moving one tile-column right,
-  // so the blocks resident at once share B (the large operand at the KernelBench shape) tiles in L2.
+  const int64_t K = p.K;
   int64_t tm, tn;
-  {
-    const int64_t pid = blockIdx.x;
-    const int64_t in_group = kGroupM * tiles_n;
-    const int64_t first_m = (pid / in_group) * kGroupM;
-    const int64_t gsize = min(tiles_m - first_m, static_cast<int64_t>(kGroupM));
-    const int64_t r = pid % in_group;
-    tm = first_m + r % gsize;
-    tn = r / gsize;
-  }
+  grouped_tile(blockIdx.x, (p.M + kBM - 1) / kBM, (p.N + kBN - 1) / kBN, tm, tn);
   const int64_t m0 = tm * kBM, n0 = tn * kBN;
 
   const int tid = threadIdx.x;
@@ -237,38 +319,11 @@ __global__ void __launch_bounds__(threads_for(kMode), kMode == Mode::kHalf ? 2 :
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   // stage s: A tile at s * 2 * kTileBytes, B tile right after it.
 
-  // ---- loader: each thread moves kLdPasses chunks of A and of B per stage (rows ld_row + kLdRows i, chunk
-  // ld_chunk); a quarter-warp writes one whole 128-byte row
-  const int ld_chunk = tid & 7;
-  const int ld_row = tid >> 3;  // 0 .. kLdRows-1
-  const T* const A = static_cast<const T*>(p.A);
-  const T* const B = static_cast<const T*>(p.B);
-  const T* a_src = A + (m0 + ld_row) * p.lda + ld_chunk * kVec;
-  const T* b_src = B + (n0 + ld_row) * p.ldb + ld_chunk * kVec;
-  const int64_t a_step = kLdRows * p.lda, b_step = kLdRows * p.ldb;
-  uint32_t a_rows_ok = 0, b_rows_ok = 0;
-#pragma unroll
-  for (int i = 0; i < kLdPasses; ++i) {
-    a_rows_ok |= (m0 + ld_row + kLdRows * i < M ? 1u : 0u) << i;
-    b_rows_ok |= (n0 + ld_row + kLdRows * i < N ? 1u : 0u) << i;
-  }
-  const uint32_t st_off = swz(ld_row, ld_chunk);  // + i * kLdRows rows; (row & 7) is the same for all i
+  const TileLoader<T, kThreads> loader(p, m0, n0, tid);
   const int64_t ktiles = (K + kBK - 1) / kBK;
-
   auto load_stage = [&](int64_t kt, int stage) {
-    const int64_t k = kt * kBK + ld_chunk * kVec;  // K % kVec == 0, so a chunk is wholly in or out
-    const bool k_ok = k < K;
-    const int64_t koff = kt * kBK;
-    const uint32_t a_dst = smem_base + stage * 2 * kTileBytes + st_off;
-    const uint32_t b_dst = a_dst + kTileBytes;
-#pragma unroll
-    for (int i = 0; i < kLdPasses; ++i) {
-      const bool pa = k_ok && ((a_rows_ok >> i) & 1u);
-      const bool pb = k_ok && ((b_rows_ok >> i) & 1u);
-      // Out-of-range chunks are zero-filled; their source address is clamped to the operand's base.
-      cp_async16(a_dst + i * kLdRows * kRowBytes, pa ? static_cast<const void*>(a_src + i * a_step + koff) : A, pa);
-      cp_async16(b_dst + i * kLdRows * kRowBytes, pb ? static_cast<const void*>(b_src + i * b_step + koff) : B, pb);
-    }
+    const uint32_t a_tile = smem_base + stage * 2 * kTileBytes;
+    loader.load(kt, a_tile, a_tile + kTileBytes);
   };
 
   float acc[kMT][kNT][4];
@@ -427,34 +482,17 @@ __global__ void __launch_bounds__(threads_for(kMode), kMode == Mode::kHalf ? 2 :
   cp_async_wait<0>();  // no copies may be in flight when the block exits (only empty groups remain)
 
   // ---- epilogue. C fragment: c0, c1 at (row g, cols 2t, 2t+1); c2, c3 at (row g + 8, same cols).
-  T* const C = static_cast<T*>(p.C);
-  T* const Z = static_cast<T*>(p.Z);
-  const T* const bias = static_cast<const T*>(p.bias);
 #pragma unroll
   for (int j = 0; j < kNT; ++j) {
     const int64_t n = n0 + wn + j * 8 + 2 * t;
-    float b0 = 0.f, b1 = 0.f;
-    if constexpr (kMish) {
-      if (n < N) b0 = to_float<T>(bias[n]);
-      if (n + 1 < N) b1 = to_float<T>(bias[n + 1]);
-    }
+    float b0, b1;
+    bias_pair<T, kMish>(p, n, b0, b1);
 #pragma unroll
-    for (int i = 0; i < kMT; ++i) {
+    for (int i = 0; i < kMT; ++i)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t m = m0 + wm + i * 16 + g + 8 * h;
-        if (m >= M) continue;
-        float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-        if constexpr (kMish) {
-          v0 += b0;
-          v1 += b1;
-          if (Z != nullptr) store_pair<T>(Z + m * p.ldz, n, N, v0, v1, vec_z);
-          v0 = ::mishbench::mish(::mishbench::mish(v0));
-          v1 = ::mishbench::mish(::mishbench::mish(v1));
-        }
-        store_pair<T>(C + m * p.ldc, n, N, v0, v1, vec_c);
-      }
-    }
+      for (int h = 0; h < 2; ++h)
+        epilogue_pair<T, kMish>(p, m0 + wm + i * 16 + g + 8 * h, n, acc[i][j][2 * h], acc[i][j][2 * h + 1], b0, b1,
+                                vec_c, vec_z);
   }
 #endif  // MISHBENCH_TC_ENABLED
 }

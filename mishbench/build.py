@@ -158,6 +158,12 @@ def gencode_flags(archs: List[str]) -> List[str]:
     return flags
 
 
+def feature_flags(archs: List[str]) -> List[str]:
+    """Host-visible macros for what the device images contain: MISHBENCH_SM90A when an sm_90a image is
+    built, so the host launches the wgmma kernels (their bodies are empty in every other image)."""
+    return ["-DMISHBENCH_SM90A=1"] if any(a.replace("+PTX", "") == "9.0a" for a in archs) else []
+
+
 def default_arch_list(arch: Optional[str] = None) -> List[str]:
     """``arch`` if given; else the visible GPU (9.0 -> 9.0a so the Hopper code builds); else
     ``TORCH_CUDA_ARCH_LIST``. Raises ValueError when none applies."""
@@ -355,7 +361,7 @@ def build(arch: Optional[str] = None, force: bool = False, verbose: bool = False
             try:
                 # is_python_module=False: torch builds and then loads the .so with torch.ops.load_library.
                 cpp.load(name=EXT_NAME, sources=srcs, extra_cflags=_CXX_FLAGS,
-                         extra_cuda_cflags=_NVCC_FLAGS + gencode_flags(archs), extra_include_paths=[
+                         extra_cuda_cflags=_NVCC_FLAGS + gencode_flags(archs) + feature_flags(archs), extra_include_paths=[
                              str(csrc_dir())], build_directory=str(cache), verbose=True, with_cuda=True,
                          is_python_module=False)
             except BaseException as e:  # noqa: BLE001 (compile errors, load errors without a driver, ...)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, verify in every mode, bench; short table last.
-# Usage (device tool): bash scripts/device_check.sh [build] [tests] [verify] [bench] [small] [full]
+# Usage (device tool): bash scripts/device_check.sh [build] [selftest] [overhead] [tests] [verify] [bench] [small] [full]
 # Env: VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
 #      TEST_FILES, TESTS_TIMEOUT, MISHBENCH_GIT_SHA (the commit, for the CSVs: the copy has no .git).
 # The device tool brings back at most 8 files from $OUT: logs go to $LOGS and come back as one
@@ -31,6 +31,20 @@ if has build; then
   # Resource usage of every kernel (registers, spills, smem): docs/perf-notes.md quotes it.
   so=$(find "$MISHBENCH_CACHE" -name '*.so' | head -1)
   [ -n "$so" ] && cuobjdump --dump-resource-usage "$so" > "$OUT/resource-usage.txt" 2>&1
+fi
+
+if has selftest; then
+  # Tensor-core kernels: accuracy of every mode at odd and KernelBench shapes, then forward timings beside
+  # eager -- the wgmma family (sm_90a default) and the mma.sync family (MISHBENCH_NO_WGMMA=1) in one run.
+  timeout 240 $py scripts/tc_selftest.py > "$OUT/selftest-wgmma.log" 2>&1; note "selftest wgmma rc=$?"
+  tail -12 "$OUT/selftest-wgmma.log"
+  MISHBENCH_NO_WGMMA=1 timeout 240 $py scripts/tc_selftest.py > "$OUT/selftest-mma.log" 2>&1
+  note "selftest mma.sync rc=$?"; tail -12 "$OUT/selftest-mma.log"
+fi
+
+if has overhead; then
+  timeout 120 $py scripts/host_overhead.py > "$OUT/host-overhead.log" 2>&1; note "host overhead rc=$?"
+  cat "$OUT/host-overhead.log"
 fi
 
 if has gdb; then
