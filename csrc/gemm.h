@@ -34,6 +34,12 @@ struct GemmParams {
   int64_t lda = 0, ldb = 0, ldc = 0, ldz = 0;
   int64_t M = 0, N = 0, K = 0;  // each >= 1
   Epilogue epilogue = Epilogue::kStore;
+  // 3xtf32 on the wgmma path only (see gemm_tc_presplit): B holds the tf32 "big" part of the B operand and
+  // B_small the remainder, both (N, K) with ldb and exactly representable in tf32.
+  const void* B_small = nullptr;
+  // Output transposed: the product's element (i, j) (i over A's rows, j over B's) goes to C[j * ldc + i]
+  // (and Z[j * ldz + i]); the bias is indexed by i. Lets the caller swap the operands' roles.
+  bool trans_c = false;
 };
 // All of A, B, C, bias, Z share one dtype. Accumulation is fp32 for fp32/fp16/bf16 and fp64 for fp64; the
 // epilogue math runs in the accumulator type; stores round once to the dtype.
@@ -46,5 +52,14 @@ void launch_gemm_simt(const GemmParams& p, c10::ScalarType dtype, cudaStream_t s
 // Returns false, launching nothing, when it cannot take the call (dtype/precision/arch/alignment/size), so
 // the caller falls back to SIMT. Checks its launch.
 bool launch_gemm_tc(const GemmParams& p, c10::ScalarType dtype, Precision precision, cudaStream_t stream);
+
+// Whether launch_gemm_tc takes p (fp32, k3xTf32) on the wgmma path, which needs B pre-split (p.B_small set,
+// launch_split_tf32) and accepts trans_c. Elsewhere B_small must be null and trans_c false.
+bool gemm_tc_presplit(const GemmParams& p, c10::ScalarType dtype, Precision precision);
+
+// big = tf32_rna(src), small = tf32_rna(src - big) for a (rows, cols) fp32 matrix with leading dimension ld
+// (cols % 4 == 0, ld % 4 == 0, src 16-byte aligned); big and small are contiguous (rows, cols). sm_80+.
+void launch_split_tf32(const void* src, int64_t rows, int64_t cols, int64_t ld, void* big, void* small,
+                       cudaStream_t stream);
 
 }  // namespace mishbench

@@ -1,6 +1,7 @@
 // Host side of the tensor-core GEMM families (device code: gemm_tc.cuh for mma.sync, gemm_wgmma.cuh for
 // Hopper's wgmma): capability/alignment/size checks and compile-time dispatch over (dtype, precision,
 // epilogue). Contract: gemm.h, launch_gemm_tc.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -96,9 +97,9 @@ void launch_mma(const GemmParams& p, int dev, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T, Mode kMode, bool kMish>
+template <typename T, Mode kMode, bool kMish, bool kTransC = false>
 void launch_wgmma(const GemmParams& p, int dev, cudaStream_t stream) {
-  auto* kernel = wg::gemm_wgmma_kernel<T, kMode, kMish>;
+  auto* kernel = wg::gemm_wgmma_kernel<T, kMode, kMish, kTransC>;
   constexpr int kSmem = wg::smem_bytes(kMode);
   static std::atomic<bool> optin[kMaxCachedDevices];
   ensure_smem_optin(kernel, kSmem, dev, optin);
@@ -142,17 +143,22 @@ bool wgmma_usable(const DeviceCaps& caps, Mode mode) {
 
 }  // namespace
 
-bool launch_gemm_tc(const GemmParams& p, c10::ScalarType dtype, Precision precision, cudaStream_t stream) {
+namespace {
+
+enum class Route { kNone, kMma, kWgmma };
+
+// Which family takes p (the checks shared by launch_gemm_tc and gemm_tc_presplit); fills dev/caps/mode.
+Route route(const GemmParams& p, c10::ScalarType dtype, Precision precision, int* dev, Mode* mode) {
   // Which (dtype, precision) pairs this family covers; everything else is the SIMT path's.
   int elem = 0;
   if (dtype == c10::ScalarType::Float) {
-    if (precision != Precision::k3xTf32 && precision != Precision::kTf32) return false;
+    if (precision != Precision::k3xTf32 && precision != Precision::kTf32) return Route::kNone;
     elem = 4;
   } else if (dtype == c10::ScalarType::Half || dtype == c10::ScalarType::BFloat16) {
-    if (precision != Precision::kNative) return false;
+    if (precision != Precision::kNative) return Route::kNone;
     elem = 2;
   } else {
-    return false;
+    return Route::kNone;
   }
   TORCH_CHECK(p.M >= 1 && p.N >= 1 && p.K >= 1, "launch_gemm_tc: M, N, K must be >= 1, got ", num(p.M), ", ",
               num(p.N), ", ", num(p.K));
@@ -160,26 +166,108 @@ bool launch_gemm_tc(const GemmParams& p, c10::ScalarType dtype, Precision precis
               "launch_gemm_tc: kBiasMishMish needs a bias pointer");
 
   // Size: too small to fill the GPU with 128×128 tiles (see kMinMacs).
-  if (static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K) < kMinMacs) return false;
+  if (static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K) < kMinMacs) return Route::kNone;
   const int64_t tiles = ((p.M + tc::kBM - 1) / tc::kBM) * ((p.N + tc::kBN - 1) / tc::kBN);
-  if (tiles > 2147483647LL) return false;
+  if (tiles > 2147483647LL) return Route::kNone;
 
   // Alignment: operands are moved in 16-byte cp.async chunks that never straddle the end of K.
   const int64_t vec = 16 / elem;
-  if (p.K % vec != 0 || p.lda % vec != 0 || p.ldb % vec != 0) return false;
-  if (!aligned(p.A, 16) || !aligned(p.B, 16)) return false;
+  if (p.K % vec != 0 || p.lda % vec != 0 || p.ldb % vec != 0) return Route::kNone;
+  if (!aligned(p.A, 16) || !aligned(p.B, 16)) return Route::kNone;
 
   // Architecture: mma.sync tf32/bf16 and cp.async need sm_80; the 96 KB tile ring needs the smem opt-in.
-  int dev = 0;
-  const DeviceCaps caps = current_device_caps(&dev);
-  if (caps.major < 8 || caps.smem_optin < tc::kSmemBytes) return false;
+  const DeviceCaps caps = current_device_caps(dev);
+  if (caps.major < 8 || caps.smem_optin < tc::kSmemBytes) return Route::kNone;
 
-  const Mode mode = dtype != c10::ScalarType::Float      ? Mode::kHalf
-                    : precision == Precision::k3xTf32 ? Mode::k3xTf32
-                                                      : Mode::kTf32;
-  const bool wgmma = wgmma_usable(caps, mode);
+  *mode = dtype != c10::ScalarType::Float      ? Mode::kHalf
+          : precision == Precision::k3xTf32 ? Mode::k3xTf32
+                                            : Mode::kTf32;
+  return wgmma_usable(caps, *mode) ? Route::kWgmma : Route::kMma;
+}
+
+#if MISHBENCH_TC_ENABLED
+#define MISHBENCH_SPLIT_BODY 1
+#else
+#define MISHBENCH_SPLIT_BODY 0
+#endif
+
+// launch_split_tf32's kernel: one 16-byte vector per thread and grid-stride step; rows of `cols` floats.
+__global__ void __launch_bounds__(256) split_tf32_kernel(const float* __restrict__ src, int64_t rows, int64_t cols,
+                                                         int64_t ld, float* __restrict__ big,
+                                                         float* __restrict__ small) {
+#if MISHBENCH_SPLIT_BODY
+  const int64_t vecs_per_row = cols / 4;
+  const int64_t total = rows * vecs_per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < total; v += stride) {
+    const int64_t r = v / vecs_per_row, c = (v - r * vecs_per_row) * 4;
+    const float4 x = *reinterpret_cast<const float4*>(src + r * ld + c);
+    float4 b, s;
+    b.x = __uint_as_float(tc::tf32_rna(x.x));
+    b.y = __uint_as_float(tc::tf32_rna(x.y));
+    b.z = __uint_as_float(tc::tf32_rna(x.z));
+    b.w = __uint_as_float(tc::tf32_rna(x.w));
+    s.x = __uint_as_float(tc::tf32_rna(x.x - b.x));
+    s.y = __uint_as_float(tc::tf32_rna(x.y - b.y));
+    s.z = __uint_as_float(tc::tf32_rna(x.z - b.z));
+    s.w = __uint_as_float(tc::tf32_rna(x.w - b.w));
+    *reinterpret_cast<float4*>(big + r * cols + c) = b;
+    *reinterpret_cast<float4*>(small + r * cols + c) = s;
+  }
+#endif
+}
+
+template <Mode kMode, bool kMish>
+void launch_wgmma_trans(const GemmParams& p, int dev, cudaStream_t stream) {
+  if constexpr (kMode == Mode::k3xTf32) {
+    if (p.trans_c) return launch_wgmma<float, kMode, kMish, true>(p, dev, stream);
+  }
+  launch_wgmma<float, kMode, kMish, false>(p, dev, stream);
+}
+
+}  // namespace
+
+bool gemm_tc_presplit(const GemmParams& p, c10::ScalarType dtype, Precision precision) {
+  int dev = 0;
+  Mode mode = Mode::kHalf;
+  return route(p, dtype, precision, &dev, &mode) == Route::kWgmma && mode == Mode::k3xTf32;
+}
+
+void launch_split_tf32(const void* src, int64_t rows, int64_t cols, int64_t ld, void* big, void* small,
+                       cudaStream_t stream) {
+  TORCH_CHECK(rows >= 1 && cols >= 4 && cols % 4 == 0 && ld % 4 == 0 && ld >= cols && aligned(src, 16),
+              "launch_split_tf32: needs rows >= 1, cols a positive multiple of 4, ld % 4 == 0 and a 16-byte "
+              "aligned source; got rows=", num(rows), " cols=", num(cols), " ld=", num(ld));
+  const int64_t vecs = rows * (cols / 4);
+  const int64_t blocks = std::min<int64_t>((vecs + 255) / 256, 132 * 8);  // grid-stride past that
+  split_tf32_kernel<<<dim3(static_cast<unsigned>(blocks)), 256, 0, stream>>>(
+      static_cast<const float*>(src), rows, cols, ld, static_cast<float*>(big), static_cast<float*>(small));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+bool launch_gemm_tc(const GemmParams& p, c10::ScalarType dtype, Precision precision, cudaStream_t stream) {
+  int dev = 0;
+  Mode mode = Mode::kHalf;
+  const Route r = route(p, dtype, precision, &dev, &mode);
+  if (r == Route::kNone) {
+    TORCH_CHECK(p.B_small == nullptr && !p.trans_c, "launch_gemm_tc: B_small/trans_c given for a call the "
+                "tensor-core path does not take (ask gemm_tc_presplit first)");
+    return false;
+  }
+  const bool wgmma = r == Route::kWgmma;
+  const bool presplit = wgmma && mode == Mode::k3xTf32;
+  TORCH_CHECK(presplit == (p.B_small != nullptr), "launch_gemm_tc: B_small must be set exactly when "
+              "gemm_tc_presplit says so (", presplit ? "it does" : "it does not", ")");
+  TORCH_CHECK(presplit || !p.trans_c, "launch_gemm_tc: trans_c needs the pre-split 3xtf32 path");
+  TORCH_CHECK(!presplit || aligned(p.B_small, 16), "launch_gemm_tc: B_small must be 16-byte aligned");
+  const bool mish = p.epilogue == Epilogue::kBiasMishMish;
   if (mode == Mode::k3xTf32) {
-    launch_epilogue<float, Mode::k3xTf32>(p, dev, wgmma, stream);
+    if (wgmma) {
+      mish ? launch_wgmma_trans<Mode::k3xTf32, true>(p, dev, stream)
+           : launch_wgmma_trans<Mode::k3xTf32, false>(p, dev, stream);
+    } else {
+      launch_epilogue<float, Mode::k3xTf32>(p, dev, false, stream);
+    }
   } else if (mode == Mode::kTf32) {
     launch_epilogue<float, Mode::kTf32>(p, dev, wgmma, stream);
   } else if (dtype == c10::ScalarType::Half) {

@@ -204,10 +204,11 @@ __device__ __forceinline__ void grouped_tile(int64_t pid, int64_t tiles_m, int64
 
 #if MISHBENCH_TC_ENABLED
 // Moves one k-tile (kBM rows of A and kBN rows of B, 128 bytes of K each) into two swizzled 16 KB smem tiles
-// with 16-byte cp.async. Each thread owns chunk (tid & 7) of rows (tid >> 3) + kThreads/8 · i; a quarter-warp
-// writes one whole 128-byte row. Rows past M / N and chunks past K are zero-filled (nothing is read), so
-// the tail k-tile and edge tiles need no special case in the math.
-template <typename T, int kThreads>
+// with 16-byte cp.async; with kSmallB, also p.B_small's rows into a third tile (same layout as B's).
+// Each thread owns chunk (tid & 7) of rows (tid >> 3) + kThreads/8 · i; a quarter-warp writes one whole
+// 128-byte row. Rows past M / N and chunks past K are zero-filled (nothing is read), so the tail k-tile and
+// edge tiles need no special case in the math.
+template <typename T, int kThreads, bool kSmallB = false>
 struct TileLoader {
   static constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
   static constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));
@@ -217,18 +218,21 @@ struct TileLoader {
 
   const T* A;
   const T* B;
+  const T* Bs;
   const T* a_src;
   const T* b_src;
+  const T* bs_src;
   int64_t a_step, b_step, K;
   uint32_t a_rows_ok = 0, b_rows_ok = 0, st_off;
   int ld_chunk;
 
   __device__ __forceinline__ TileLoader(const GemmParams& p, int64_t m0, int64_t n0, int tid)
-      : A(static_cast<const T*>(p.A)), B(static_cast<const T*>(p.B)), K(p.K) {
+      : A(static_cast<const T*>(p.A)), B(static_cast<const T*>(p.B)), Bs(static_cast<const T*>(p.B_small)), K(p.K) {
     ld_chunk = tid & 7;
     const int ld_row = tid >> 3;
     a_src = A + (m0 + ld_row) * p.lda + ld_chunk * kVec;
     b_src = B + (n0 + ld_row) * p.ldb + ld_chunk * kVec;
+    bs_src = kSmallB ? Bs + (n0 + ld_row) * p.ldb + ld_chunk * kVec : nullptr;
     a_step = kLdRows * p.lda;
     b_step = kLdRows * p.ldb;
 #pragma unroll
@@ -239,20 +243,22 @@ struct TileLoader {
     st_off = swz(ld_row, ld_chunk);  // + i * kLdRows rows; (row & 7) is the same for all i
   }
 
-  // k-tile kt into the tiles at shared addresses a_tile / b_tile.
-  __device__ __forceinline__ void load(int64_t kt, uint32_t a_tile, uint32_t b_tile) const {
+  // k-tile kt into the tiles at shared addresses a_tile / b_tile (and bs_tile with kSmallB).
+  __device__ __forceinline__ void load(int64_t kt, uint32_t a_tile, uint32_t b_tile, uint32_t bs_tile = 0) const {
     const int64_t k = kt * kBK + ld_chunk * kVec;  // K % kVec == 0, so a chunk is wholly in or out
     const bool k_ok = k < K;
     const int64_t koff = kt * kBK;
-    const uint32_t a_dst = a_tile + st_off;
-    const uint32_t b_dst = b_tile + st_off;
 #pragma unroll
     for (int i = 0; i < kLdPasses; ++i) {
       const bool pa = k_ok && ((a_rows_ok >> i) & 1u);
       const bool pb = k_ok && ((b_rows_ok >> i) & 1u);
+      const uint32_t row = i * kLdRows * kRowBytes + st_off;
       // Out-of-range chunks are zero-filled; their source address is clamped to the operand's base.
-      cp_async16(a_dst + i * kLdRows * kRowBytes, pa ? static_cast<const void*>(a_src + i * a_step + koff) : A, pa);
-      cp_async16(b_dst + i * kLdRows * kRowBytes, pb ? static_cast<const void*>(b_src + i * b_step + koff) : B, pb);
+      cp_async16(a_tile + row, pa ? static_cast<const void*>(a_src + i * a_step + koff) : A, pa);
+      cp_async16(b_tile + row, pb ? static_cast<const void*>(b_src + i * b_step + koff) : B, pb);
+      if constexpr (kSmallB) {
+        cp_async16(bs_tile + row, pb ? static_cast<const void*>(bs_src + i * b_step + koff) : Bs, pb);
+      }
     }
   }
 };
@@ -273,6 +279,26 @@ __device__ __forceinline__ void epilogue_pair(const GemmParams& p, int64_t m, in
     v1 = ::mishbench::mish(::mishbench::mish(v1));
   }
   store_pair<T>(static_cast<T*>(p.C) + m * p.ldc, n, p.N, v0, v1, vec_c);
+}
+
+// The same for a transposed output (GemmParams::trans_c): the pair is (i, j), (i, j + 1) of the product, stored
+// at C[j * ldc + i] and C[(j + 1) * ldc + i]; the bias (bi = bias[i]) is per product row.
+template <typename T, bool kMish>
+__device__ __forceinline__ void epilogue_pair_trans(const GemmParams& p, int64_t i, int64_t j, float v0, float v1,
+                                                    float bi) {
+  if (i >= p.M) return;
+  const float v[2] = {v0, v1};
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    if (j + c >= p.N) break;
+    float x = v[c];
+    if constexpr (kMish) {
+      x += bi;
+      if (p.Z != nullptr) static_cast<T*>(p.Z)[(j + c) * p.ldz + i] = from_float<T>(x);
+      x = ::mishbench::mish(::mishbench::mish(x));
+    }
+    static_cast<T*>(p.C)[(j + c) * p.ldc + i] = from_float<T>(x);
+  }
 }
 
 template <typename T, bool kMish>

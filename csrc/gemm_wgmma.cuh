@@ -13,17 +13,23 @@
 // Modes:
 //   k3xTf32: x = big + small with big = tf32_rna(x), small = tf32_rna(x - big) (x - big is exact in fp32).
 //            A (the 64 rows of this warpgroup) is split in registers: wgmma takes A from registers for tf32.
-//            B must come from shared memory, so after a k-tile lands the block rewrites its B tile in place
-//            as B_big and writes B_small to a third 16 KB tile of the stage: the smem layout is elementwise,
-//            so the swizzle needs no care. Per k8 step: small·big + big·small + big·big into `part`, which
-//            is promoted into fp32 registers every k-tile (DESIGN.md: tensor-core accumulation over all of K
-//            drops low bits; every 32 of K measured best for the mma.sync kernel, 3.8e-7 at K = 8192).
+//            B must come from shared memory, and splitting it there cost more shared-memory bandwidth than
+//            the tensor cores left (v1, below), so the caller splits B once in device memory
+//            (launch_split_tf32; it puts the smaller operand in B's place, GemmParams::trans_c) and each
+//            stage loads three tiles: A, B_big, B_small. Per k8 step: small·big + big·small + big·big into
+//            `part`, which is promoted into fp32 registers every k-tile (DESIGN.md: tensor-core accumulation
+//            over all of K drops low bits; every 32 of K measured best for the mma.sync kernel, 3.8e-7 at
+//            K = 8192).
+//            v1 split B inside the block after each k-tile landed (in place to B_big plus a B_small tile):
+//            1.92 ms at 1024x8192x8192 on the H100 (1.44x eager), ~3300 clocks per k-tile for 1536 of
+//            tensor-core work; its shared-memory traffic per k-tile (wgmma's B reads 96 KB, the split 48 KB,
+//            cp.async 32 KB, A fragments 16 KB) is ~1500 clocks at 128 B/clk on its own.
 //   kTf32:   big·big only (A rounded in registers, B rounded in place), accumulated in the tensor cores.
 //   kHalf:   fp16 / bf16, A and B both straight from shared memory (m64n128k16), fp32 accumulation.
 //
-// Shared-memory budget per k-tile (3xtf32, per block): wgmma reads B 3 × 2 warpgroups × 16 KB = 96 KB, the
-// split writes 32 KB and reads 16 KB, the A fragments read 16 KB: ~160 KB per 1.57 M multiply-adds, i.e.
-// ~100 B/clk at the tf32 rate (1024 MAC/clk/SM) against 128 B/clk of smem bandwidth. Tight but under.
+// Shared-memory traffic per k-tile (3xtf32, per block): wgmma reads B 3 × 2 warpgroups × 16 KB = 96 KB,
+// cp.async writes 48 KB, the A fragments read 16 KB: 160 KB per 1.57 M multiply-adds, ~104 B/clk at the
+// full tf32 rate (1024 MAC/clk/SM) against 128 B/clk of shared-memory bandwidth.
 #pragma once
 
 #include <type_traits>
@@ -134,7 +140,8 @@ __device__ __forceinline__ void wgmma_half_ss<__nv_bfloat16>(float (&d)[64], uin
 // Preconditions (host-checked, as for tc::gemm_tc_kernel): sm_90a, K % (16 / sizeof(T)) == 0, A/B 16-byte
 // aligned, lda/ldb multiples of 16 / sizeof(T); grid = ceil(M/128) · ceil(N/128) blocks, 256 threads,
 // smem_bytes(kMode) of dynamic shared memory.
-template <typename T, Mode kMode, bool kMish>
+// 3xtf32: p.B / p.B_small are the pre-split parts of B. kTransC: GemmParams::trans_c (3xtf32 only).
+template <typename T, Mode kMode, bool kMish, bool kTransC>
 __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(const GemmParams p, const bool vec_c, const bool vec_z) {
 #if MISHBENCH_WGMMA_ENABLED
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -162,36 +169,28 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(const GemmParam
   const int lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
 
-  const tc::TileLoader<T, kThreads> loader(p, m0, n0, tid);
+  const tc::TileLoader<T, kThreads, kSplit> loader(p, m0, n0, tid);
   auto a_tile = [&](int64_t kt) { return smem_base + static_cast<uint32_t>(kt % kStages) * kStageBytes; };
   auto load_tile = [&](int64_t kt) {
-    if (kt < ktiles) loader.load(kt, a_tile(kt), a_tile(kt) + kTileBytes);
+    if (kt < ktiles) loader.load(kt, a_tile(kt), a_tile(kt) + kTileBytes, a_tile(kt) + 2 * kTileBytes);
     tc::cp_async_commit();  // empty groups keep the wait_group arithmetic uniform
   };
 
-  // tf32 modes: round B in place to tf32 (big) and, for 3xtf32, write the remainder to the stage's third
-  // tile. 4096 floats per tile, 16 per thread as four 16-byte vectors (consecutive threads, consecutive
-  // vectors: conflict-free).
-  auto split_b = [&](int64_t kt) {
-    if constexpr (kRegA) {
+  // tf32: round the landed B tile in place to tf32 (4096 floats, 16 per thread as four 16-byte vectors;
+  // consecutive threads, consecutive vectors: conflict-free). 3xtf32's B arrives split.
+  constexpr bool kRoundB = kMode == Mode::kTf32;
+  auto round_b = [&](int64_t kt) {
+    if constexpr (kRoundB) {
       unsigned char* b = smem + (kt % kStages) * kStageBytes + kTileBytes;
 #pragma unroll
       for (int i = 0; i < kTileBytes / 16 / kThreads; ++i) {
         const int off = (i * kThreads + tid) * 16;
         float4 v = *reinterpret_cast<const float4*>(b + off);
-        float4 big, small;
-        big.x = __uint_as_float(tc::tf32_rna(v.x));
-        big.y = __uint_as_float(tc::tf32_rna(v.y));
-        big.z = __uint_as_float(tc::tf32_rna(v.z));
-        big.w = __uint_as_float(tc::tf32_rna(v.w));
-        *reinterpret_cast<float4*>(b + off) = big;
-        if constexpr (kSplit) {
-          small.x = __uint_as_float(tc::tf32_rna(v.x - big.x));
-          small.y = __uint_as_float(tc::tf32_rna(v.y - big.y));
-          small.z = __uint_as_float(tc::tf32_rna(v.z - big.z));
-          small.w = __uint_as_float(tc::tf32_rna(v.w - big.w));
-          *reinterpret_cast<float4*>(b + kTileBytes + off) = small;
-        }
+        v.x = __uint_as_float(tc::tf32_rna(v.x));
+        v.y = __uint_as_float(tc::tf32_rna(v.y));
+        v.z = __uint_as_float(tc::tf32_rna(v.z));
+        v.w = __uint_as_float(tc::tf32_rna(v.w));
+        *reinterpret_cast<float4*>(b + off) = v;
       }
     }
   };
@@ -272,13 +271,13 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(const GemmParam
 
   // k-tile kt has landed (this thread's copies, by wait_group): make everyone's visible to the async proxy,
   // refill the slot of k-tile kt - 2 (= kt + kStages - 2 mod kStages) whose wgmma group every thread has
-  // waited for before this barrier, then split B and publish the split.
+  // waited for before this barrier, then (tf32) round B and publish it.
   auto prepare = [&](int64_t kt, bool refill) {
-    fence_proxy_async();  // cp.async writes, read next by wgmma (half modes) or by the split
+    fence_proxy_async();  // cp.async writes, read next by wgmma or by the rounding
     __syncthreads();
     if (refill) load_tile(kt + kStages - 2);
-    split_b(kt);
-    if constexpr (kRegA) {
+    round_b(kt);
+    if constexpr (kRoundB) {
       fence_proxy_async();
       __syncthreads();
     }
@@ -321,14 +320,30 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(const GemmParam
   // ---- epilogue. Accumulator (CUTLASS CLayout_64xN): acc[4j + 2h + c] is row 16·warp + g + 8h of this
   // warpgroup's half, column 8j + 2t + c.
   const int64_t row0 = m0 + 64 * wgi + 16 * warp + g;
+  if constexpr (kTransC) {
+    float bi[2] = {0.f, 0.f};
+    if constexpr (kMish) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    const int64_t n = n0 + 8 * j + 2 * t;
-    float b0, b1;
-    tc::bias_pair<T, kMish>(p, n, b0, b1);
+      for (int h = 0; h < 2; ++h)
+        if (row0 + 8 * h < p.M) bi[h] = tc::to_float<T>(static_cast<const T*>(p.bias)[row0 + 8 * h]);
+    }
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
-      tc::epilogue_pair<T, kMish>(p, row0 + 8 * h, n, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], b0, b1, vec_c, vec_z);
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        tc::epilogue_pair_trans<T, kMish>(p, row0 + 8 * h, n0 + 8 * j + 2 * t, acc[4 * j + 2 * h],
+                                          acc[4 * j + 2 * h + 1], bi[h]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int64_t n = n0 + 8 * j + 2 * t;
+      float b0, b1;
+      tc::bias_pair<T, kMish>(p, n, b0, b1);
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        tc::epilogue_pair<T, kMish>(p, row0 + 8 * h, n, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], b0, b1, vec_c,
+                                    vec_z);
+    }
   }
 #endif  // MISHBENCH_WGMMA_ENABLED
 }

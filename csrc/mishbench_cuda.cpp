@@ -17,6 +17,7 @@
 #include <array>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "gemm.h"
 #include "msg.h"
@@ -76,11 +77,32 @@ Precision checked_precision(c10::string_view s, c10::ScalarType dtype) {
 // fp16/bf16 and the tf32 modes go to the tensor-core kernels first. Where those cannot take the call
 // (arch, alignment, size), SIMT runs instead: for 3xtf32/tf32 that is plain fp32 FMA, at least as accurate
 // as the mode asked for (but slower).
-void run_gemm(const GemmParams& p, c10::ScalarType dtype, Precision prec, cudaStream_t stream) {
+//
+// 3xtf32 on Hopper (wgmma) wants one operand split into its tf32 big and small parts in device memory
+// first (gemm_wgmma.cuh says why). The smaller operand is split -- at the KernelBench shape x (32 MB, ~35 µs
+// of copying) rather than W (256 MB) -- and takes B's place; when that is A, the roles swap and the
+// kernel writes its output transposed, which is C again. `opts` allocates the two parts (freed after the
+// launch: the caching allocator keeps them for this stream's later work only).
+void run_gemm(GemmParams p, c10::ScalarType dtype, Precision prec, cudaStream_t stream,
+              const at::TensorOptions& opts) {
   const bool tc_candidate = prec == Precision::k3xTf32 || prec == Precision::kTf32 || dtype == at::kHalf ||
                             dtype == at::kBFloat16;
-  if (tc_candidate && launch_gemm_tc(p, dtype, prec, stream)) return;
-  launch_gemm_simt(p, dtype, stream);
+  if (!tc_candidate) return launch_gemm_simt(p, dtype, stream);
+  at::Tensor parts;
+  if (gemm_tc_presplit(p, dtype, prec)) {
+    if (p.M < p.N) {
+      std::swap(p.A, p.B);
+      std::swap(p.lda, p.ldb);
+      std::swap(p.M, p.N);
+      p.trans_c = true;
+    }
+    parts = at::empty({2, p.N, p.K}, opts.dtype(at::kFloat));
+    launch_split_tf32(p.B, p.N, p.K, p.ldb, parts[0].data_ptr(), parts[1].data_ptr(), stream);
+    p.B = parts[0].data_ptr();
+    p.B_small = parts[1].data_ptr();
+    p.ldb = p.K;
+  }
+  if (!launch_gemm_tc(p, dtype, prec, stream)) launch_gemm_simt(p, dtype, stream);
 }
 
 // ieee mode at large shapes runs its GEMMs through cuBLAS (at::addmm / at::mm, what eager PyTorch runs)
@@ -114,7 +136,7 @@ class StrictFp32Matmul {
 
 // C (M, N) = A (M, K) · B (N, K)ᵀ, all contiguous: the backward's two products.
 void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, int64_t K, c10::ScalarType dtype,
-                  Precision prec, cudaStream_t stream) {
+                  Precision prec, cudaStream_t stream, const at::TensorOptions& opts) {
   GemmParams p;
   p.A = A;
   p.B = B;
@@ -126,7 +148,7 @@ void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, i
   p.N = N;
   p.K = K;
   p.epilogue = Epilogue::kStore;
-  run_gemm(p, dtype, prec, stream);
+  run_gemm(p, dtype, prec, stream, opts);
 }
 
 // Forward-shape checks shared by fwd and bwd: x (..., K), weight (N, K).
@@ -211,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor> linear_mish_mish_fwd_cuda(const at::Tensor& x
   p.N = N;
   p.K = K;
   p.epilogue = Epilogue::kBiasMishMish;
-  run_gemm(p, x.scalar_type(), prec, stream);
+  run_gemm(p, x.scalar_type(), prec, stream, x.options());
   return {y, z};
 }
 
@@ -288,12 +310,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
   if (want_dx) {
     // dx[m, k] = sum_n dz[m, n] W[n, k]: TN form with B = Wᵀ (K, N) contiguous.
     const at::Tensor wt = weight.t().contiguous();
-    run_tn_store(dz.data_ptr(), wt.data_ptr(), dx.data_ptr(), /*M=*/M, /*N=*/K, /*K=*/N, dtype, prec, stream);
+    run_tn_store(dz.data_ptr(), wt.data_ptr(), dx.data_ptr(), /*M=*/M, /*N=*/K, /*K=*/N, dtype, prec, stream, opts);
   }
   if (want_dw) {
     // dW[n, k] = sum_m dz[m, n] x[m, k]: TN form with A = dzᵀ (N, M) and B = xᵀ (K, M) contiguous.
     const at::Tensor xt = x.reshape({M, K}).t().contiguous();
-    run_tn_store(dzt.data_ptr(), xt.data_ptr(), dw.data_ptr(), /*M=*/N, /*N=*/K, /*K=*/M, dtype, prec, stream);
+    run_tn_store(dzt.data_ptr(), xt.data_ptr(), dw.data_ptr(), /*M=*/N, /*N=*/K, /*K=*/M, dtype, prec, stream, opts);
   }
   return {dx, dw, db};
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, verify in every mode, bench; short table last.
-# Usage (device tool): bash scripts/device_check.sh [build] [selftest] [overhead] [tests] [verify] [bench] [small] [full]
+# Usage (device tool): bash scripts/device_check.sh [build] [selftest] [profile] [overhead] [tests] [verify] [bench] [small] [full]
 # Env: VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
 #      TEST_FILES, TESTS_TIMEOUT, MISHBENCH_GIT_SHA (the commit, for the CSVs: the copy has no .git).
 # The device tool brings back at most 8 files from $OUT: logs go to $LOGS and come back as one
@@ -40,6 +40,18 @@ if has selftest; then
   tail -12 "$OUT/selftest-wgmma.log"
   MISHBENCH_NO_WGMMA=1 timeout 240 $py scripts/tc_selftest.py > "$OUT/selftest-mma.log" 2>&1
   note "selftest mma.sync rc=$?"; tail -12 "$OUT/selftest-mma.log"
+fi
+
+if has profile; then
+  # Nsight Compute on the GEMM kernels at the KernelBench shape (clocks left as found: --clock-control none).
+  for m in ${PROFILE_MODES:-3xtf32}; do
+    timeout 240 ncu --clock-control none --kernel-name regex:gemm_wgmma --launch-skip 1 --launch-count 1 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      --section WarpStateStats --section SchedulerStats --section Occupancy \
+      $py scripts/profile_gemm.py "$m" > "$OUT/ncu-$m.log" 2>&1
+    note "ncu $m rc=$?"
+    grep -E "Duration|Throughput|Pipe|Stall|Bank|Issue Slots|Eligible|Active Warps|Registers|Shared Memory" "$OUT/ncu-$m.log" | head -40
+  done
 fi
 
 if has overhead; then

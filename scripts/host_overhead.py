@@ -9,16 +9,20 @@ a synchronize (what `mishbench bench` reports, launch latency included). Needs C
 """
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mishbench import ops
-from mishbench.model import ModelNew
-from mishbench.precision import resolve_precision
-from mishbench.reference import Model
-from mishbench.shapes import parse_sizes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `mishbench`
+
+from mishbench import ops  # noqa: E402
+from mishbench.model import ModelNew  # noqa: E402
+from mishbench.precision import resolve_precision  # noqa: E402
+from mishbench.reference import Model  # noqa: E402
+from mishbench.shapes import parse_sizes  # noqa: E402
 
 
 def host_us(fn, iters: int) -> float:
