@@ -11,7 +11,8 @@
 // while the tensor cores chew on the current tile (wgmma is asynchronous).
 //
 // Modes:
-//   k3xTf32: x = big + small with big = tf32_rna(x), small = tf32_rna(x - big) (x - big is exact in fp32).
+//   k3xTf32: x = big + small (x - big is exact in fp32): B arrives split (big = tf32_rna(x), small =
+//            tf32_rna(x - big), launch_split_tf32); A is split in registers by truncation (load_a says why).
 //            A (the 64 rows of this warpgroup) is split in registers: wgmma takes A from registers for tf32.
 //            B must come from shared memory, and splitting it there cost more shared-memory bandwidth than
 //            the tensor cores left (v1, below), so the caller splits B once in device memory
@@ -83,8 +84,8 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-// Ordinary (generic-proxy) shared-memory writes -- cp.async and st.shared -- become visible to wgmma (the
-// async proxy) only through this fence, issued by each writing thread before the barrier.
+// Ordinary (generic-proxy) st.shared writes become visible to wgmma (the async proxy) only through this
+// fence, issued by each writing thread before the barrier.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // Pins accumulator registers at this point of the instruction stream: the compiler sees wgmma's results as
@@ -216,8 +217,17 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(const GemmParam
                             *reinterpret_cast<const float*>(r0 + c_hi), *reinterpret_cast<const float*>(r1 + c_hi)};
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-          a_big[buf][s][r] = tc::tf32_rna(x[r]);
-          if constexpr (kSplit) a_small[buf][s][r] = tc::tf32_rna(x[r] - __uint_as_float(a_big[buf][s][r]));
+          if constexpr (kSplit) {
+            // big = x with the 13 mantissa bits tf32 drops cleared (one LOP3; cvt.rna.tf32 is ~5 SASS
+            // instructions on sm_90, and 32 of them per k-tile sat on the issue-bound path); small = x - big
+            // is exact, and the tensor cores read its top 19 bits: |small| < 2^-10 |x|, so that costs
+            // < 2^-20 |x| per product, under fp32's own rounding of the sum.
+            const uint32_t bits = __float_as_uint(x[r]) & 0xFFFFE000u;
+            a_big[buf][s][r] = bits;
+            a_small[buf][s][r] = __float_as_uint(x[r] - __uint_as_float(bits));
+          } else {
+            a_big[buf][s][r] = tc::tf32_rna(x[r]);
+          }
         }
       }
     }
@@ -273,12 +283,14 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(const GemmParam
   // refill the slot of k-tile kt - 2 (= kt + kStages - 2 mod kStages) whose wgmma group every thread has
   // waited for before this barrier, then (tf32) round B and publish it.
   auto prepare = [&](int64_t kt, bool refill) {
-    fence_proxy_async();  // cp.async writes, read next by wgmma or by the rounding
+    // No proxy fence for cp.async data (as CUTLASS's cp.async + GMMA mainloops): fence.proxy.async compiles
+    // to MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S, and one per k-tile here ran the tensor pipe at 50 % (ncu,
+    // v2: 1.65 ms per 1024x8192x8192 3xtf32 kernel).
     __syncthreads();
     if (refill) load_tile(kt + kStages - 2);
     round_b(kt);
     if constexpr (kRoundB) {
-      fence_proxy_async();
+      fence_proxy_async();  // ordinary st.shared of the rounded B, read next by wgmma
       __syncthreads();
     }
   };
