@@ -146,7 +146,89 @@ void launch_typed(const void* dy, const void* z, void* dz, void* dzt, void* db, 
   }
 }
 
+// The whole backward of a launch-bound problem in one block (host: launch_small_bwd). dz (unrounded, in the
+// accumulator type) goes to shared memory once; then each thread owns output elements of dx (M x K), dW
+// (N x K) and db (N), in that order, and reduces over n or m in a fixed order. dx and dW multiply the
+// dtype-rounded dz, as the GEMM route does (it stores dz in the dtype); db sums the unrounded values, as
+// mish_mish_bwd_kernel does. At 128x10x20 the GEMM route is 6 launches and 8 allocations (dz, dzᵀ, the db
+// partials, Wᵀ, xᵀ and the three gradients); this is one launch and the three gradients.
+constexpr int kSmallThreads = 1024;
+constexpr int64_t kSmallMaxDz = 4096;    // M·N: 16 KB of shared memory in fp32, 32 KB in fp64
+constexpr int64_t kSmallMaxOut = 16384;  // dx + dW + db elements: at most 16 per thread
+constexpr int64_t kSmallMaxWork = int64_t(1) << 20;  // M·N·K multiply-adds per GEMM
+
+template <typename T>
+__global__ void __launch_bounds__(kSmallThreads)
+    small_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ z, const T* __restrict__ x,
+                     const T* __restrict__ w, T* __restrict__ dx, T* __restrict__ dw, T* __restrict__ db, int64_t M,
+                     int64_t N, int64_t K) {
+  using Acc = typename AccType<T>::type;
+  __shared__ Acc dz_s[kSmallMaxDz];
+  const int64_t MN = M * N;
+  for (int64_t i = threadIdx.x; i < MN; i += blockDim.x) {
+    Acc y1, d1;
+    mish_and_grad(static_cast<Acc>(z[i]), y1, d1);
+    dz_s[i] = static_cast<Acc>(dy[i]) * mish_grad(y1) * d1;
+  }
+  __syncthreads();
+  auto rounded = [](Acc v) { return static_cast<Acc>(static_cast<T>(v)); };
+  const int64_t n_dx = dx != nullptr ? M * K : 0;
+  const int64_t n_dw = dw != nullptr ? N * K : 0;
+  const int64_t total = n_dx + n_dw + (db != nullptr ? N : 0);
+  for (int64_t t = threadIdx.x; t < total; t += blockDim.x) {
+    Acc s = Acc(0);
+    if (t < n_dx) {  // dx[m, k] = sum_n dz[m, n] W[n, k]
+      const int64_t m = t / K, k = t - (t / K) * K;
+      for (int64_t n = 0; n < N; ++n) s += rounded(dz_s[m * N + n]) * static_cast<Acc>(w[n * K + k]);
+      dx[t] = static_cast<T>(s);
+    } else if (t < n_dx + n_dw) {  // dW[n, k] = sum_m dz[m, n] x[m, k]
+      const int64_t u = t - n_dx;
+      const int64_t n = u / K, k = u - (u / K) * K;
+      for (int64_t m = 0; m < M; ++m) s += rounded(dz_s[m * N + n]) * static_cast<Acc>(x[m * K + k]);
+      dw[u] = static_cast<T>(s);
+    } else {  // db[n] = sum_m dz[m, n]
+      const int64_t n = t - n_dx - n_dw;
+      for (int64_t m = 0; m < M; ++m) s += dz_s[m * N + n];
+      db[n] = static_cast<T>(s);
+    }
+  }
+}
+
+template <typename T>
+void launch_small_typed(const void* dy, const void* z, const void* x, const void* w, void* dx, void* dw, void* db,
+                        int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
+  small_bwd_kernel<T><<<1, kSmallThreads, 0, stream>>>(
+      static_cast<const T*>(dy), static_cast<const T*>(z), static_cast<const T*>(x), static_cast<const T*>(w),
+      static_cast<T*>(dx), static_cast<T*>(dw), static_cast<T*>(db), M, N, K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
+
+bool small_bwd_fits(int64_t M, int64_t N, int64_t K) {
+  return M >= 1 && N >= 1 && K >= 0 && M * N <= kSmallMaxDz && M * K + N * K + N <= kSmallMaxOut &&
+         M * N * K <= kSmallMaxWork;
+}
+
+// One launch for the whole backward of a small problem (small_bwd_fits): dy, z (M, N), x (M, K), w (N, K) all
+// contiguous; dx (M, K), dw (N, K), db (N) written where non-null.
+void launch_small_bwd(const void* dy, const void* z, const void* x, const void* w, void* dx, void* dw, void* db,
+                      int64_t M, int64_t N, int64_t K, c10::ScalarType dtype, cudaStream_t stream) {
+  TORCH_CHECK(small_bwd_fits(M, N, K), "mishbench: launch_small_bwd called for ", num(M), "x", num(N), "x",
+              num(K), ", which small_bwd_fits rejects");
+  switch (dtype) {
+    case c10::ScalarType::Float:
+      return launch_small_typed<float>(dy, z, x, w, dx, dw, db, M, N, K, stream);
+    case c10::ScalarType::Double:
+      return launch_small_typed<double>(dy, z, x, w, dx, dw, db, M, N, K, stream);
+    case c10::ScalarType::Half:
+      return launch_small_typed<c10::Half>(dy, z, x, w, dx, dw, db, M, N, K, stream);
+    case c10::ScalarType::BFloat16:
+      return launch_small_typed<c10::BFloat16>(dy, z, x, w, dx, dw, db, M, N, K, stream);
+    default:
+      TORCH_CHECK(false, "mishbench: backward supports float32, float64, float16 and bfloat16, got ", dtype);
+  }
+}
 
 // y = mish(mish(z)) over n contiguous elements (y may equal z: each element is read before it is written).
 void launch_mish_mish_fwd(const void* z, void* y, int64_t n, c10::ScalarType dtype, cudaStream_t stream) {

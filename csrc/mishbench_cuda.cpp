@@ -26,6 +26,9 @@ namespace mishbench {
 
 // Defined in elementwise.cu (see there for the contract).
 int64_t mish_mish_bwd_chunks(int64_t M);
+bool small_bwd_fits(int64_t M, int64_t N, int64_t K);
+void launch_small_bwd(const void* dy, const void* z, const void* x, const void* w, void* dx, void* dw, void* db,
+                      int64_t M, int64_t N, int64_t K, c10::ScalarType dtype, cudaStream_t stream);
 void launch_mish_mish_bwd(const void* dy, const void* z, void* dz, void* dzt, void* db, void* partial, int64_t M,
                           int64_t N, c10::ScalarType dtype, cudaStream_t stream);
 void launch_mish_mish_fwd(const void* z, void* y, int64_t n, c10::ScalarType dtype, cudaStream_t stream);
@@ -285,6 +288,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
   const c10::ScalarType dtype = x.scalar_type();
   const at::Tensor dy2 = grad_y.reshape({M, N}).contiguous();
   const at::Tensor z2 = z.reshape({M, N}).contiguous();
+  if (small_bwd_fits(M, N, K)) {
+    // Launch-bound: one kernel for dz, dx, dW and db (elementwise.cu, small_bwd_kernel).
+    const at::Tensor x2 = x.reshape({M, K}).contiguous();
+    const at::Tensor w2 = weight.contiguous();
+    launch_small_bwd(dy2.data_ptr(), z2.data_ptr(), x2.data_ptr(), w2.data_ptr(), want_dx ? dx.data_ptr() : nullptr,
+                     want_dw ? dw.data_ptr() : nullptr, output_mask[2] ? db.data_ptr() : nullptr, M, N, K, dtype,
+                     stream);
+    return {dx, dw, db};
+  }
   // The cuBLAS route reads dz in either orientation, so it needs no dzᵀ.
   const bool cublas = use_cublas(prec, dtype, M, N, K);
   at::Tensor dz = (want_dx || (cublas && want_dw)) ? at::empty({M, N}, opts) : at::Tensor();
