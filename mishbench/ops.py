@@ -132,7 +132,7 @@ class _CompositeLinearMishMish(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------
 # The extension: loaded once, on first use with a CUDA tensor; one warning if it cannot be had.
 # ---------------------------------------------------------------------------------------------------------
-_ext_state = {"tried": False, "ok": False, "reason": None}
+_ext_state = {"tried": False, "ok": False, "reason": None, "op": None}
 
 
 def _constant_under_compile(fn):
@@ -155,8 +155,10 @@ def _load_extension() -> bool:
             _ext_state["reason"] = build.status().get("reason") or "the extension did not register its ops"
             warnings.warn(f"mishbench: CUDA extension unavailable ({_ext_state['reason']}); "
                           "running the composite PyTorch path (impl=composite)", RuntimeWarning, stacklevel=3)
-        elif HAS_TORCH_LIBRARY_FAKE:
-            _register_fakes()
+        else:
+            if HAS_TORCH_LIBRARY_FAKE:
+                _register_fakes()
+            _ext_state["op"] = torch.ops.mishbench.linear_mish_mish.default
     return _ext_state["ok"]
 
 
@@ -179,6 +181,13 @@ def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     x: (..., in_features), weight: (out_features, in_features), bias: (out_features,) -> (..., out_features).
     precision: one of PRECISIONS, already resolved for x's dtype and device (see precision.resolve_precision).
     """
+    # Hot path for launch-bound shapes (issue 5): CUDA, extension loaded, no autocast -> the op's OpOverload
+    # straight away. Measured on the H100 machine at 128x10x20, host time per call: the full path below 21.6
+    # µs, torch.ops.mishbench.linear_mish_mish.default alone 15.2 µs.
+    op = _ext_state["op"]
+    if op is not None and x.is_cuda and not _autocast_enabled("cuda"):
+        _check_inputs(x, weight, bias)
+        return op(x, weight, bias, precision)
     # --- autocast (issue 7) ---------------------------------------------------------------------------
     # Under torch.autocast behave like nn.Linear does: cast x/weight/bias (floating, not float64) to the
     # autocast dtype, run the op in it with autocast off (so nothing inside is cast again), and return that
