@@ -233,7 +233,7 @@ def build_key(archs: List[str], cuda_version: Optional[str]) -> str:
 
 def _import_so(so: Path):
     """Load the built library: its static initialisers register torch.ops.mishbench.*."""
-    import torch  # noqa: F401  (libtorch must be loaded first: the .so links against it)
+    importlib.import_module("torch")  # libtorch must be loaded first: the .so links against it
 
     spec = importlib.util.spec_from_file_location(EXT_NAME, str(so))
     if spec is None or spec.loader is None:

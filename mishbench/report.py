@@ -217,11 +217,9 @@ def plot_png(df, path: Path) -> None:
 
 
 def _have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def run_report(paths: List[Path], markdown: bool, csv_out: Optional[Path], plot: Optional[Path], console) -> int:
