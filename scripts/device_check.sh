@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, verify in every mode, bench; short table last.
-# Usage (device tool): bash scripts/device_check.sh [build] [selftest] [profile] [overhead] [tests] [verify] [bench] [small] [full]
+# Usage (device tool): bash scripts/device_check.sh [build] [selftest] [profile] [overhead] [tests] [candidate] [verify] [bench] [small] [full]
 # Env: VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
 #      TEST_FILES, TESTS_TIMEOUT, MISHBENCH_GIT_SHA (the commit, for the CSVs: the copy has no .git).
 # The device tool brings back at most 8 files from $OUT: logs go to $LOGS and come back as one
@@ -59,6 +59,13 @@ if has overhead; then
   cat "$OUT/host-overhead.log"
 fi
 
+if has candidate; then
+  # Issue 6 on the GPU: a correct CUDA candidate's rows beside eager and mishbench in one table.
+  timeout 300 $py -m mishbench bench --candidate tests/candidates/cuda_fused_ok.py --preset small --mode all \
+    --precision 3xtf32 --out "$OUT/results-candidate.csv" > "$OUT/bench-candidate.log" 2>&1
+  note "bench --candidate cuda_fused_ok.py rc=$?"; tail -8 "$OUT/bench-candidate.log"
+fi
+
 if has gdb; then
   # Native backtrace of the crash scripts/segv_probe.py found (wrong in_features through torch.ops).
   timeout 120 cuda-gdb -batch -ex run -ex bt --args $py -c "import torch, mishbench.ops as o; o.implementation('cuda'); torch.ops.mishbench.linear_mish_mish(torch.randn(4, 7, device='cuda'), torch.randn(3, 6, device='cuda'), torch.randn(3, device='cuda'), 'ieee')" > "$OUT/gdb.log" 2>&1
@@ -95,8 +102,11 @@ if has bench; then
     note "bench kernelbench $args rc=$?"
   done
   if has small; then
-    timeout 300 $py -m mishbench bench --preset small --mode all --precision 3xtf32 --out "$OUT/results-small.csv" \
-      > "$OUT/bench-small.log" 2>&1; note "bench small rc=$?"
+    for args in ${BENCH_MODES:---precision_3xtf32 --precision_ieee --precision_tf32 --dtype_bf16 --dtype_fp16}; do
+      args=${args//_/ }
+      timeout 200 $py -m mishbench bench --preset small --mode all $args --out "$OUT/results-small.csv" \
+        > "$OUT/bench-small-$(echo "$args" | tr -d ' -').log" 2>&1; note "bench small $args rc=$?"
+    done
   fi
 fi
 
