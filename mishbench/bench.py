@@ -274,7 +274,7 @@ class _Run:
         if tf32:  # KernelBench compares against strict-fp32 eager: measure it too
             self.specs.append(Spec("eager", "ieee", "fp32", False))
         self.specs.append(Spec(self.subject_impl, self.precision, self.klass, tf32))
-        self.candidate_fn = None
+        self.candidate = None  # candidate.CandidateBench for --candidate: ONE worker for the whole run
         self.provenance = {
             "run_id": self.run_id, "git_sha": envinfo.git_sha(),
             "gpu": envinfo.gpu_name(device) if device.type == "cuda" else "cpu",
@@ -521,40 +521,31 @@ class _Run:
             row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, iters=t.iters, status="ok")
 
     def _candidate_rows(self, size: Size, mode: str, progress) -> List[Row]:
-        """Rows from the candidates module (issue 6), which runs the candidate in its own process; the
+        """The candidate's row, measured in its worker process (issue 6), which stays open across cases; the
         baselines of this case were timed just before, in this process (which the candidate never ran in)."""
         spec = Spec("candidate", self.precision, self.klass, self.klass == "tf32")
         progress("candidate: in its own process")
+        row = self._base_row(size, mode, spec)
         try:
-            partial = self.candidate_fn(self.opts.candidate, sizes=[size], dtype=self.dtype,
-                                        precision=self.precision, modes=[mode], warmup=self.opts.warmup,
-                                        iters=self.iters, seed=self.seed, device=self.device, progress=progress)
-        except Exception as exc:  # noqa: BLE001
-            if type(exc).__name__ == "CandidateUsageError":
-                raise
-            row = self._base_row(size, mode, spec)
+            part = dict(self.candidate.measure(size, mode, warmup=self.opts.warmup, iters=self.iters))
+        except Exception as exc:  # noqa: BLE001 - the harness's side failed (e.g. the float64 reference)
             row["status"] = "error"
             self._note(size, mode, spec, _one_line(exc))
             return [row]
-        out = []
-        for part in partial:
-            part = dict(part)
-            row = self._base_row(size, mode, spec)
-            row.update({k: v for k, v in part.items() if k in COLUMNS and k not in self.provenance})
-            if row["status"] not in ("ok", "mismatch", "oom", "error"):
-                row["status"] = "error"
-            note = str(part.get("detail") or "")
-            host, ev = part.get("host_median_ms"), part.get("median_ms")
-            try:
-                if host is not None and ev and float(host) > 1.5 * float(ev) + 0.05:
-                    note += f" host time {float(host):.4g} ms vs event time {float(ev):.4g} ms: work outside " \
-                            "the current stream?"
-            except (TypeError, ValueError):
-                pass
-            if note.strip():
-                self._note_spec(row, note.strip())
-            out.append(row)
-        return out
+        row.update({k: v for k, v in part.items() if k in COLUMNS and k not in self.provenance})
+        if row["status"] not in ("ok", "mismatch", "oom", "error"):
+            row["status"] = "error"
+        note = " ".join(str(part.get("detail") or "").split())
+        host, ev = part.get("host_median_ms"), part.get("median_ms")
+        try:
+            if host is not None and ev and float(host) > 1.5 * float(ev) + 0.05:
+                note += f" host time {float(host):.4g} ms vs event time {float(ev):.4g} ms: work outside " \
+                        "the current stream?"
+        except (TypeError, ValueError):
+            pass
+        if note.strip():
+            self._note_spec(row, note.strip())
+        return [row]
 
     def _fill_rates(self, row: Row, size: Size, mode: str) -> None:
         if row["status"] != "ok" or row["median_ms"] in ("", None):
@@ -623,12 +614,13 @@ def _run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer = 
     run = run or _Run(opts, console, device, timer, peak_fn, free_memory)
     if opts.candidate is not None:
         try:
-            from .candidate import bench_candidate_rows
+            from .candidate import CandidateBench
         except ImportError as exc:
             console.print(f"[bold red]error:[/] --candidate: the candidates module cannot be loaded ({exc})",
                           highlight=False, soft_wrap=True)
             return 1
-        run.candidate_fn = bench_candidate_rows
+        # Reads the file only (CandidateUsageError, exit 2, before anything is timed); the worker starts below.
+        run.candidate = CandidateBench(opts.candidate, device, opts.dtype, run.precision, run.seed)
     try:
         done = _done_keys(opts.out) if opts.resume else set()
         append_rows(opts.out, [])  # creates it with the header; a foreign --out fails now, not mid-run
@@ -654,8 +646,13 @@ def _run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer = 
     console.print(f"bench run {run.run_id[:8]}: {len(todo)} case(s), {total} row(s), {dtype_name(opts.dtype)} "
                   f"precision={run.precision} (class {run.klass}), seed={run.seed} -> {opts.out}", highlight=False)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True) as bar, ExitStack() as stack:
         task = bar.add_task("starting", total=total)
+        if run.candidate is not None and todo:
+            # One worker for every case, closed when the loop ends, and killed at once when Ctrl-C or an
+            # error leaves it. A candidate that does not load gives an 'error' row per case, saying why.
+            bar.update(task, description="candidate: starting its process and loading it (builds included)")
+            stack.enter_context(run.candidate)
         for i, (size, mode) in enumerate(todo):
             row0 = i * per_case + 1
 

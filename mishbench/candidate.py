@@ -190,20 +190,25 @@ class WorkerProcess:
                 pass
         self.proc.wait()
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-        for f in (self.proc.stdout, self._log):
-            try:
-                f.close()
-            except OSError:
-                pass
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    def close(self, graceful: bool = True) -> None:
+        """graceful: EOF on its stdin and up to 10 s to exit between requests. Otherwise (Ctrl-C or an error
+        mid-request, when the worker may be busy or half-way through a reply) SIGKILL to its group at once;
+        the kill, the pipes and the temporary directory are dealt with even if the wait is interrupted."""
+        try:
+            if graceful and self.proc.poll() is None:
+                try:
+                    self.proc.stdin.close()
+                    self.proc.wait(timeout=10)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+        finally:
+            self.kill()
+            for f in (self.proc.stdin, self.proc.stdout, self._log):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _died(self, what: str) -> CandidateError:
         rc = self.proc.wait()
@@ -226,7 +231,7 @@ class WorkerProcess:
             (n,) = cw.HEADER.unpack(head)
             if n > cw.MAX_MESSAGE:
                 raise CandidateError(f"garbled reply to {what} ({n} bytes announced)")
-            reply = cw.decode(self._read(n, deadline))
+            body = self._read(n, deadline)
         except TimeoutError:
             self.kill()
             last = self.last_output()
@@ -234,6 +239,11 @@ class WorkerProcess:
                                  + (f"; last output: {last!r}" if last else "")) from None
         except (BrokenPipeError, EOFError):
             raise self._died(what) from None
+        try:
+            reply = cw.decode(body)
+        except Exception as exc:  # noqa: BLE001 - e.g. weights_only refusing a pickled class
+            raise CandidateError(f"garbled reply to {what}: {type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:200]}") from None
         if not isinstance(reply, dict):
             raise CandidateError(f"garbled reply to {what}")
         if reply.get("error"):
@@ -303,10 +313,11 @@ class RemoteRunner(Runner):
         self.close()
         return False
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """End the worker: gracefully between requests, or (kill) at once, e.g. on Ctrl-C mid-request."""
         if self.proc is not None:
-            self.proc.close()
-            self.proc = None
+            proc, self.proc = self.proc, None
+            proc.close(graceful=not kill)
 
     def load(self) -> Dict[str, Any]:
         """Start the worker and import the candidate (builds included). The reply: ok, error, builds."""
@@ -326,7 +337,11 @@ class RemoteRunner(Runner):
         if self.proc is None or self.proc.proc.poll() is not None:
             if self.proc is not None:
                 self.proc.close()
-            reply = self.load()
+            try:
+                reply = self.load()
+            except CandidateError as exc:  # a restart that crashes or hangs counts too: no restart loop
+                self.fatal.append(str(exc))
+                raise
             if not reply.get("ok"):
                 raise CandidateError(f"candidate did not load: {reply.get('load_error')}")
         try:
@@ -339,6 +354,14 @@ class RemoteRunner(Runner):
         self.observations += [o for o in reply.get("observations") or [] if o not in self.observations]
         self.flag_changes = list(reply.get("flag_changes") or self.flag_changes)
         return reply
+
+    def release(self) -> None:
+        """Between bench cases, while the harness times its baselines: the worker drops its models, states and
+        cached device memory and starts a new peak-memory count. A dead worker is not restarted for this."""
+        if self.proc is None or self.proc.proc.poll() is not None:
+            return
+        self._sent_state = None  # the worker forgot the state: send it again next time
+        self.request({"op": "release"})
 
     def _state_fields(self, state) -> Dict[str, Any]:
         """Send the state only when it changed since the last request (KernelBench's is 256 MB)."""
@@ -535,52 +558,106 @@ def verify_candidate(path, device: torch.device, dtype: torch.dtype, precision: 
 
 
 # ------------------------------------------------------------------------------------------- bench
+# CUDA errors after which the process's context is unusable: every later request would fail the same way.
+_STICKY_CUDA = re.compile(r"illegal memory access|device-side assert|misaligned address|unspecified launch failure"
+                          r"|illegal instruction", re.IGNORECASE)
+
+
 class CandidateBench:
-    """A candidate's worker kept open for timing, so bench can alternate it with baselines timed in the
-    harness's own process (which the candidate never ran in). Use as a context manager."""
+    """One candidate worker kept open for a whole bench run: bench alternates, case by case, its baselines
+    (timed in the harness's own process, which the candidate never runs in) with `measure` here, without
+    starting a process and importing (building) the candidate again for every case.
+
+    `open()` starts the worker and loads the candidate; a candidate that does not load is no exception:
+    `load_error` says why and every `measure` returns an 'error' row with it. A crash or timeout mid-run
+    fails that case's row; the next `measure` restarts the worker, up to `Limits.max_fatal` failures, after
+    which rows are 'error' at once; a sticky CUDA error (illegal address, device-side assert) counts as a
+    crash, since the worker's CUDA context cannot run another case. `close()` ends the worker; as a context manager it is killed at once
+    when an exception (Ctrl-C included) leaves the block."""
 
     def __init__(self, path, device: torch.device, dtype: torch.dtype, precision: Optional[str] = None,
                  seed: Optional[int] = None, limits: Optional[Limits] = None):
-        self.candidate = load_candidate(path)
+        self.candidate = load_candidate(path)  # CandidateUsageError here, before any process starts
         self.seed = new_seed() if seed is None else seed
         self.runner = RemoteRunner(self.candidate, device, dtype, precision, limits)
         self.device, self.dtype = device, dtype
-        self.gen = torch.Generator().manual_seed(self.seed)
+        self.load_error: Optional[str] = None
 
-    def __enter__(self):
-        reply = self.runner.load()
-        if not reply.get("ok"):
+    def open(self) -> "CandidateBench":
+        if self.runner.proc is not None:
+            return self  # already open
+        try:
+            reply = self.runner.load()
+            self.load_error = None if reply.get("ok") else f"candidate did not load: {reply.get('load_error')}"
+        except CandidateError as exc:
+            self.load_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. the process could not be started
+            self.load_error = f"the candidate process did not start: {type(exc).__name__}: {exc}"
+        except BaseException:
+            self.runner.close(kill=True)
+            raise
+        if self.load_error:
+            self.load_error = " ".join(self.load_error.split())
             self.runner.close()
-            raise CandidateError(f"candidate did not load: {reply.get('load_error')}")
         return self
 
-    def __exit__(self, *exc):
-        self.runner.close()
+    def close(self, kill: bool = False) -> None:
+        self.runner.close(kill=kill)
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, exc_type, *exc):
+        self.close(kill=exc_type is not None)
         return False
+
+    def _row(self, size: Size, mode: str) -> Dict[str, Any]:
+        return {"impl": "candidate", "mode": mode, "batch": size.batch, "in_features": size.in_features,
+                "out_features": size.out_features, "candidate_sha256": self.candidate.sha256, "seed": self.seed}
+
+    def error_row(self, size: Size, mode: str, detail: str) -> Dict[str, Any]:
+        row = self._row(size, mode)
+        row.update(status="error", detail=" ".join(detail.split()))
+        return row
 
     def measure(self, size: Size, mode: str, warmup: int = 10, iters: int = 30) -> Dict[str, Any]:
         """Check one shape against float64 truth, then time it. Returns the candidate's part of a result
         row: median/p20/p80 ms (CUDA events), host_median_ms, rel_err, bar, status ok|mismatch|oom|error,
-        detail, peak_mem_mb, iters."""
+        detail (one line), peak_mem_mb, iters. Then the worker releases its device memory for the baselines
+        of the next case. Only Ctrl-C and errors of the harness itself propagate (the worker is left as it
+        is: close it with kill=True)."""
+        if self.load_error:
+            return self.error_row(size, mode, self.load_error)
+        row = self._measure(size, mode, warmup, iters)
+        if row.get("status") == "error" and _STICKY_CUDA.search(str(row.get("detail"))):
+            self.runner.fatal.append(str(row["detail"]))
+            self.runner.close(kill=True)  # the next measure starts a fresh worker (within Limits.max_fatal)
+            return row
+        try:
+            self.runner.release()
+        except CandidateError:
+            pass  # a worker that died here is restarted by the next measure
+        return row
+
+    def _measure(self, size: Size, mode: str, warmup: int, iters: int) -> Dict[str, Any]:
         from .verify import make_inputs
-        row: Dict[str, Any] = {"impl": "candidate", "mode": mode, "batch": size.batch,
-                               "in_features": size.in_features, "out_features": size.out_features,
-                               "candidate_sha256": self.candidate.sha256, "seed": self.seed}
+        row = self._row(size, mode)
+        gen = torch.Generator().manual_seed(self.seed)  # per case: a row does not depend on the cases before
         try:
             verifier = Verifier(self.runner, self.device, self.dtype, self.seed, sizes=[size])
-            x = make_inputs(size, "rand", self.gen, self.device, self.dtype)
+            x = make_inputs(size, "rand", gen, self.device, self.dtype)
             cmps = verifier._compare(size, x, with_grad=(mode == "fwd_bwd"))
             worst = max(cmps, key=lambda c: c.err / c.bar if c.bar else math.inf)
             row.update(rel_err=worst.err, bar=worst.bar, precision=verifier.precision)
             state = self.runner.init_state(size, self.seed)
             grad_y = None
             if mode == "fwd_bwd":
-                grad_y = torch.randn(size.batch, size.out_features, generator=self.gen,
+                grad_y = torch.randn(size.batch, size.out_features, generator=gen,
                                      dtype=torch.float64).to(self.dtype)
             flush = 2 * torch.cuda.get_device_properties(self.device).L2_cache_size if self.device.type == "cuda" else 0
             t = self.runner.time(size, state, x, grad_y, warmup=warmup, iters=max(iters, 30), flush_bytes=flush)
         except CandidateError as exc:
-            msg = str(exc)
+            msg = " ".join(str(exc).split())
             row.update(status="oom" if "out of memory" in msg.lower() else "error", detail=msg)
             return row
         ev = sorted(t["event_ms"])
@@ -603,22 +680,17 @@ def _quantile(values: List[float], q: float) -> float:
 def bench_candidate_rows(path, sizes: List[Size], dtype: torch.dtype, precision: Optional[str], modes: List[str],
                          warmup: int = 10, iters: int = 30, seed: Optional[int] = None,
                          device: Optional[torch.device] = None,
-                         progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
-    """One row dict per (size, mode), in the order given (see CandidateBench.measure for the keys). Raises
-    CandidateUsageError for a file that cannot be a candidate; a candidate that does not load gives rows
-    with status 'error'."""
+                         progress: Optional[Callable[[str], None]] = None,
+                         limits: Optional[Limits] = None) -> List[Dict[str, Any]]:
+    """One row dict per (size, mode), in the order given, all from ONE worker (see CandidateBench.measure
+    for the keys). Raises CandidateUsageError for a file that cannot be a candidate; a candidate that does
+    not load gives rows with status 'error'."""
     device = device or torch.device("cuda")
     rows: List[Dict[str, Any]] = []
-    try:
-        with CandidateBench(path, device, dtype, precision, seed) as cb:
-            for size in sizes:
-                for mode in modes:
-                    if progress:
-                        progress(f"candidate {size} {mode}")
-                    rows.append(cb.measure(size, mode, warmup, iters))
-    except CandidateError as exc:
-        cand = load_candidate(path)
-        rows = [{"impl": "candidate", "mode": m, "batch": s.batch, "in_features": s.in_features,
-                 "out_features": s.out_features, "status": "error", "detail": str(exc),
-                 "candidate_sha256": cand.sha256} for s in sizes for m in modes]
+    with CandidateBench(path, device, dtype, precision, seed, limits) as cb:
+        for size in sizes:
+            for mode in modes:
+                if progress:
+                    progress(f"candidate {size} {mode}")
+                rows.append(cb.measure(size, mode, warmup, iters))
     return rows

@@ -10,6 +10,7 @@ harness. What the worker reports beyond outputs (input mutation, aliasing, backe
 anti-cheat checks, which catch the usual accidental and deliberate shortcuts, not a candidate that attacks
 this file on purpose.
 """
+import gc
 import importlib.util
 import io
 import os
@@ -351,7 +352,9 @@ class Worker:
 
     def op_time(self, req):
         """CUDA-event time on the current stream and host time around a device-wide synchronize, per call,
-        with L2 flushed before each (DESIGN.md, "How performance is measured")."""
+        with L2 flushed before each (DESIGN.md, "How performance is measured"). On the CPU (the tests) the
+        host time stands in for the event time and there is no peak memory."""
+        cuda = self.device.type == "cuda"
         x = req["x"].to(self.device)
         model = self._model(req["size"], self.device, x.dtype, req)
         grad_y = req.get("grad_y")
@@ -372,23 +375,38 @@ class Worker:
         while n < int(req.get("warmup", 10)) or time.perf_counter() < t_end:
             call()
             n += 1
-        torch.cuda.synchronize()
+        _sync(self.device)
         event_ms, host_ms = [], []
         for _ in range(int(req.get("iters", 30))):
             flush.fill_(1.0)
             model.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            _sync(self.device)
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             t0 = time.perf_counter()
-            start.record()
+            if cuda:
+                start.record()
             call()
-            end.record()
-            torch.cuda.synchronize()
+            if cuda:
+                end.record()
+            _sync(self.device)
             host_ms.append((time.perf_counter() - t0) * 1e3)
-            event_ms.append(start.elapsed_time(end))
+            event_ms.append(start.elapsed_time(end) if cuda else host_ms[-1])
         self._note_flags("timed calls")
         return {"event_ms": event_ms, "host_ms": host_ms, "warmup": n,
-                "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20, "flag_changes": list(self.flag_changes)}
+                "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                "flag_changes": list(self.flag_changes)}
+
+    def op_release(self, req):
+        """Between bench cases this process idles while the harness times its baselines on the same GPU:
+        drop the model, states and last output, hand cached device memory back, and start a new peak-memory
+        count, so the next case's peak_mem_mb is that case's own."""
+        self.models, self.states, self.last_output = {}, {}, None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        return {"flag_changes": list(self.flag_changes)}
 
     def op_flags(self, req):
         self._note_flags("request")

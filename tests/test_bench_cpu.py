@@ -309,23 +309,146 @@ def test_candidate_module_missing_is_a_clean_error(tmp_path, monkeypatch):
     assert code == 1 and "candidates module" in text
 
 
-def test_candidate_rows_are_completed_and_compared(tmp_path, monkeypatch):
+class FakeCandidateBench:
+    """Stands in for candidate.CandidateBench (one worker process for the whole run) and records its life."""
+    made: list = []
+
+    def __init__(self, path, device, dtype, precision=None, seed=None, limits=None, load_error=None,
+                 on_measure=None):
+        self.path, self.device, self.dtype, self.precision, self.seed = path, device, dtype, precision, seed
+        self.events, self.measured, self.load_error = [], [], None
+        self._load_error, self._on_measure = load_error, on_measure
+        FakeCandidateBench.made.append(self)
+
+    def __enter__(self):
+        self.events.append("open")
+        self.load_error = self._load_error
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        self.events.append("kill" if exc_type is not None else "close")
+        return False
+
+    def measure(self, size, mode, warmup=10, iters=30):
+        assert self.events == ["open"], f"measure on a worker that is {self.events}"
+        self.measured.append((size, mode))
+        row = {"impl": "candidate", "mode": mode, "batch": size.batch, "in_features": size.in_features,
+               "out_features": size.out_features, "candidate_sha256": "abc", "seed": self.seed}
+        if self.load_error:
+            row.update(status="error", detail=self.load_error)
+            return row
+        if self._on_measure is not None:
+            self._on_measure(size, mode)
+        row.update(median_ms=1e-4, p20_ms=1e-4, p80_ms=1e-4, iters=30, rel_err=1e-7, status="ok", detail="",
+                   host_median_ms=1e-4, bar=1e-6)
+        return row
+
+
+@pytest.fixture
+def fake_candidate(tmp_path, monkeypatch):
+    """--candidate with candidate.CandidateBench replaced by FakeCandidateBench; yields (path, set_kwargs)."""
     import types
     cand = tmp_path / "cand.py"
     cand.write_text("class ModelNew: pass\n")
-    seen = {}
+    FakeCandidateBench.made = []
+    kwargs = {}
 
-    def fake_rows(path, sizes, dtype, precision, modes, warmup=10, iters=30, seed=None, device=None, progress=None):
-        seen.update(path=path, sizes=sizes, modes=modes)
-        return [{"impl": "candidate", "mode": modes[0], "batch": sizes[0].batch, "in_features": sizes[0].in_features,
-                 "out_features": sizes[0].out_features, "median_ms": 1e-4, "p20_ms": 1e-4, "p80_ms": 1e-4,
-                 "iters": 30, "rel_err": 1e-7, "status": "ok", "candidate_sha256": "abc", "detail": "",
-                 "host_median_ms": 1e-4, "bar": 1e-6}]
-    monkeypatch.setitem(sys.modules, "mishbench.candidate", types.SimpleNamespace(bench_candidate_rows=fake_rows))
+    def factory(*a, **k):
+        return FakeCandidateBench(*a, **dict(k, **kwargs))
+    monkeypatch.setitem(sys.modules, "mishbench.candidate", types.SimpleNamespace(CandidateBench=factory))
+    return cand, kwargs.update
+
+
+def test_candidate_rows_are_completed_and_compared(tmp_path, fake_candidate):
+    cand, _ = fake_candidate
     opts = opts_for(tmp_path, candidate=cand)
     code, text = run_cpu(opts)
     assert code == 0, text
     rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
     assert rows["candidate"]["candidate_sha256"] == "abc" and rows["candidate"]["run_id"] == rows["eager"]["run_id"]
     assert rows["candidate"]["speedup_vs_eager"] and rows["candidate"]["tflops"]
-    assert seen["sizes"] == [Size(8, 16, 12)] and seen["modes"] == ["fwd"]
+    (cb,) = FakeCandidateBench.made
+    assert cb.path == cand and cb.seed == 7 and cb.measured == [(Size(8, 16, 12), "fwd")]
+
+
+def test_one_candidate_worker_for_the_whole_run(tmp_path, fake_candidate, monkeypatch):
+    """Every case alternates baselines (here) and the candidate (its worker), through ONE worker."""
+    cand, _ = fake_candidate
+    order = []
+    original = bench._Run._measure_case
+
+    def measure_case(self, size, mode, rows, progress):
+        order.append(("baselines", size, mode))
+        return original(self, size, mode, rows, progress)
+    monkeypatch.setattr(bench._Run, "_measure_case", measure_case)
+    sizes, modes = (Size(8, 16, 12), Size(3, 5, 7)), ("fwd", "fwd_bwd")
+    opts = opts_for(tmp_path, sizes=sizes, modes=modes, candidate=cand)
+    code, text = run_cpu(opts)
+    assert code == 0, text
+    (cb,) = FakeCandidateBench.made  # constructed once, ...
+    assert cb.events == ["open", "close"]  # ... opened once, closed once at the end
+    cases = [(s, m) for s in sizes for m in modes]
+    assert cb.measured == cases
+    rows = csvschema.read_rows(opts.out)
+    assert [(r["impl"], r["batch"], r["mode"]) for r in rows] == [
+        (impl, str(s.batch), m) for s, m in cases for impl in ("eager", "composite", "candidate")]
+    assert order == [("baselines", s, m) for s, m in cases]
+
+
+def test_candidate_that_does_not_load_fails_every_case_and_the_run(tmp_path, fake_candidate):
+    cand, configure = fake_candidate
+    configure(load_error="candidate did not load: line 3: NameError: name 'nn' is not defined")
+    opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), Size(3, 5, 7)), candidate=cand)
+    code, text = run_cpu(opts)
+    assert code == 1, text
+    rows = csvschema.read_rows(opts.out)
+    cand_rows = [r for r in rows if r["impl"] == "candidate"]
+    assert [r["status"] for r in cand_rows] == ["error", "error"]
+    assert all(r["status"] == "ok" for r in rows if r["impl"] != "candidate")  # baselines still timed
+    assert text.count("NameError: name 'nn' is not defined") >= 2
+    (cb,) = FakeCandidateBench.made
+    assert cb.events == ["open", "close"]
+
+
+@pytest.mark.parametrize("where", ["baselines", "candidate"])
+def test_interrupt_kills_the_candidate_worker_and_keeps_rows(tmp_path, fake_candidate, monkeypatch, where):
+    cand, configure = fake_candidate
+    second = Size(3, 5, 7)
+    if where == "baselines":
+        monkeypatch.setattr(bench.Provider, "call", _fail_for("eager", KeyboardInterrupt,
+                                                              when=lambda inputs: inputs.x.shape == (3, 5)))
+    else:
+        def on_measure(size, mode):
+            if size == second:
+                raise KeyboardInterrupt
+        configure(on_measure=on_measure)
+    opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), second), candidate=cand)
+    code, text = run_cpu(opts)
+    assert code == bench.INTERRUPTED, text
+    (cb,) = FakeCandidateBench.made
+    assert cb.events == ["open", "kill"]
+    rows = csvschema.read_rows(opts.out)
+    assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [
+        ("8", "eager", "ok"), ("8", "composite", "ok"), ("8", "candidate", "ok")]
+    assert "interrupted: 3 finished row(s) kept" in text
+
+
+def test_candidate_worker_is_closed_when_the_run_fails(tmp_path, fake_candidate, monkeypatch):
+    cand, _ = fake_candidate
+
+    def boom(*a, **k):
+        raise RuntimeError("the CSV went away")
+    monkeypatch.setattr(bench, "append_rows", lambda path, rows: boom() if rows else 0)
+    with pytest.raises(RuntimeError, match="CSV went away"):
+        run_cpu(opts_for(tmp_path, candidate=cand))
+    (cb,) = FakeCandidateBench.made
+    assert cb.events == ["open", "kill"]
+
+
+def test_resumed_run_with_nothing_to_do_starts_no_worker(tmp_path, fake_candidate):
+    cand, _ = fake_candidate
+    opts = opts_for(tmp_path, candidate=cand)
+    assert run_cpu(opts)[0] == 0
+    code, text = run_cpu(opts_for(tmp_path, candidate=cand, resume=True))
+    assert code == 0 and "1 case(s) already in" in text, text
+    assert [cb.events for cb in FakeCandidateBench.made] == [["open", "close"], []]

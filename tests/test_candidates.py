@@ -11,6 +11,7 @@ Header lines (first lines of the file; `<!-- ... -->` in markdown):
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from mishbench import candidate as cand
+from mishbench import candidate_worker as cw
 from mishbench.candidate_static import Parsed, check_deprecated, check_fallback, check_imports
 from mishbench.cli import app
 from mishbench.shapes import Size
@@ -199,3 +201,162 @@ def test_candidate_on_gpu(name):
                                    sizes=[Size(1024, 8192, 8192)], limits=limits(h))
     details = {c.name: f"{c.status}: {c.detail}" for c in report.checks}
     assert failing(report) == names(h.get("expect-cuda", h["expect"])), details
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench --candidate: ONE worker for the whole run (issue 6), driven on the CPU with the host-clock timer
+# ---------------------------------------------------------------------------------------------------------
+CRASHES_AT_BATCH_3 = '''import os
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ModelNew(nn.Module):
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x):
+        if x.shape[0] == 3:
+            print("candidate: crashing at batch 3")
+            os._exit(9)
+        return F.mish(F.mish(self.linear(x)))
+'''
+
+
+@pytest.fixture
+def workers(monkeypatch):
+    """Every WorkerProcess started, in order (a real process each)."""
+    started = []
+
+    class Counted(cand.WorkerProcess):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+    monkeypatch.setattr(cand, "WorkerProcess", Counted)
+    return started
+
+
+def _bench(tmp_path, candidate, sizes, modes=("fwd",)):
+    import io
+    from rich.console import Console
+    from mishbench import bench, csvschema, timing
+    opts = bench.BenchOptions(sizes=list(sizes), dtype=torch.float32, precision=None, modes=list(modes),
+                              baselines=["eager"], warmup=1, iters=5, out=tmp_path / "r.csv", seed=7,
+                              warmup_ms=0.0, max_iters=30, input_sets=1, candidate=candidate)
+    out = io.StringIO()
+    code = bench.run_guarded(opts, Console(file=out, width=250), torch.device("cpu"), timer=timing.time_cpu,
+                             peak_fn=lambda kind: 1.0)
+    return code, out.getvalue(), csvschema.read_rows(opts.out) if opts.out.exists() else []
+
+
+def _closed(worker, how="gracefully"):
+    assert worker.proc.returncode is not None and not os.path.exists(worker.tmp)
+    if how == "gracefully":
+        assert worker.proc.returncode == 0, worker.proc.returncode  # EOF on stdin: the worker returned
+    else:
+        assert worker.proc.returncode == -9, worker.proc.returncode  # SIGKILL, no 10 s grace
+
+
+def test_bench_runs_every_case_in_one_worker(tmp_path, workers):
+    sizes, modes = [Size(8, 16, 12), Size(5, 7, 3)], ("fwd", "fwd_bwd")
+    code, text, rows = _bench(tmp_path, HERE / "plain_pytorch.py", sizes, modes)
+    assert code == 0, text
+    got = [(r["impl"], r["batch"], r["mode"], r["status"]) for r in rows]
+    assert got == [(impl, str(s.batch), m, "ok") for s in sizes for m in modes
+                   for impl in ("eager", "composite", "candidate")], text
+    assert len(workers) == 1, f"{len(workers)} worker processes for {len(sizes) * len(modes)} cases"
+    _closed(workers[0])
+    for r in rows:
+        if r["impl"] == "candidate":
+            assert float(r["rel_err"]) < 1e-5 and int(r["iters"]) >= 30 and r["speedup_vs_eager"]
+
+
+def test_bench_candidate_rows_use_one_worker(workers):
+    sizes, modes = [Size(8, 16, 12), Size(5, 7, 3)], ["fwd", "fwd_bwd"]
+    rows = cand.bench_candidate_rows(HERE / "plain_pytorch.py", sizes, torch.float32, None, modes, warmup=1,
+                                     iters=30, seed=SEED, device=torch.device("cpu"))
+    assert [(r["batch"], r["mode"], r["status"]) for r in rows] == [(s.batch, m, "ok") for s in sizes for m in modes]
+    assert len(workers) == 1
+    _closed(workers[0])
+
+
+def test_bench_candidate_crash_mid_run_keeps_rows_and_never_hangs(tmp_path, workers):
+    f = tmp_path / "crashes.py"
+    f.write_text(CRASHES_AT_BATCH_3)
+    sizes = [Size(8, 16, 12), Size(3, 5, 7), Size(3, 4, 4), Size(5, 6, 7)]
+    code, text, rows = _bench(tmp_path, f, sizes)
+    assert code == 1, text
+    got = [(r["batch"], r["status"]) for r in rows if r["impl"] == "candidate"]
+    assert got == [("8", "ok"), ("3", "error"), ("3", "error"), ("5", "error")], text
+    assert all(r["status"] == "ok" for r in rows if r["impl"] != "candidate")  # the baselines went on
+    # The crash, one restart that crashes too, then no more processes: the last case is not run.
+    assert len(workers) == 2
+    assert "candidate process died (exit code 9)" in text and "crashing at batch 3" in text
+    assert "not run: the candidate process failed 2 times" in text
+    for w in workers:
+        assert w.proc.returncode == 9 and not os.path.exists(w.tmp)
+    notes = [ln for ln in text.splitlines() if "candidate (ieee): error" in ln]
+    assert len(notes) == 3, text  # one line per failed case
+
+
+@pytest.mark.parametrize("name, why", [("broken_exit.py", "candidate process died (exit code 3) during load"),
+                                       ("broken_syntax.py", "candidate did not load: line")])
+def test_bench_candidate_that_does_not_load(tmp_path, workers, name, why):
+    code, text, rows = _bench(tmp_path, HERE / name, [Size(8, 16, 12), Size(3, 5, 7)])
+    assert code == 1, text
+    assert [r["status"] for r in rows if r["impl"] == "candidate"] == ["error", "error"]
+    assert text.count(why) >= 2, text
+    assert len(workers) == 1  # loaded once, not once per case
+    assert workers[0].proc.returncode is not None and not os.path.exists(workers[0].tmp)
+
+
+@pytest.mark.parametrize("where", ["baselines", "candidate"])
+def test_bench_interrupt_kills_the_worker(tmp_path, workers, monkeypatch, where):
+    from mishbench import bench
+    if where == "baselines":  # Ctrl-C while the harness times the second case's baselines
+        original = bench.Provider.call
+
+        def call(self, inputs):
+            if inputs.x.shape[0] == 3:
+                raise KeyboardInterrupt
+            return original(self, inputs)
+        monkeypatch.setattr(bench.Provider, "call", call)
+    else:  # Ctrl-C while the harness waits for the worker's reply to the second case's timing request
+        original = cand.WorkerProcess.request
+
+        def request(self, message, timeout):
+            if message.get("op") == "time" and message["size"][0] == 3:
+                self._write(cw.encode(message), time.monotonic() + timeout)
+                raise KeyboardInterrupt
+            return original(self, message, timeout)
+        monkeypatch.setattr(cand.WorkerProcess, "request", request)
+    code, text, rows = _bench(tmp_path, HERE / "plain_pytorch.py", [Size(8, 16, 12), Size(3, 5, 7)])
+    assert code == 130, text
+    assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [
+        ("8", "eager", "ok"), ("8", "composite", "ok"), ("8", "candidate", "ok")]
+    assert len(workers) == 1
+    _closed(workers[0], "killed")
+
+
+def test_bench_file_without_modelnew_is_a_usage_error_before_any_timing(tmp_path, workers):
+    code, text, rows = _bench(tmp_path, HERE / "answer_without_model.md", [Size(8, 16, 12)])
+    assert code == 2 and "defines class ModelNew" in text, text
+    assert rows == [] and workers == []
+
+
+@pytest.mark.parametrize("message, n_workers", [
+    ("CUDA error: an illegal memory access was encountered", 2),  # sticky: a fresh worker for the next case
+    ("shape not supported by this kernel", 1),  # an ordinary error: the same worker goes on
+])
+def test_bench_candidate_error_at_one_shape(tmp_path, workers, message, n_workers):
+    f = tmp_path / "raises.py"
+    f.write_text(CRASHES_AT_BATCH_3.replace('print("candidate: crashing at batch 3")\n            os._exit(9)',
+                                            f"raise RuntimeError({message!r})"))
+    code, text, rows = _bench(tmp_path, f, [Size(8, 16, 12), Size(3, 5, 7), Size(5, 6, 7)])
+    assert code == 1, text
+    assert [(r["batch"], r["status"]) for r in rows if r["impl"] == "candidate"] == [
+        ("8", "ok"), ("3", "error"), ("5", "ok")], text
+    assert message in text
+    assert len(workers) == n_workers
+    assert all(w.proc.returncode is not None and not os.path.exists(w.tmp) for w in workers)
