@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, verify in every mode, bench; short table last.
 # Usage (device tool): bash scripts/device_check.sh [build] [selftest] [profile] [overhead] [tests] [candidate] [verify] [bench] [small] [full]
-# Env: VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
+# Env: TEST_K (a pytest -k expression), VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
 #      TEST_FILES, TESTS_TIMEOUT, MISHBENCH_GIT_SHA (the commit, for the CSVs: the copy has no .git).
 # The device tool brings back at most 8 files from $OUT: logs go to $LOGS and come back as one
 # $OUT/logs.tgz; $OUT also gets summary.txt, report.md and the results CSVs.
@@ -77,9 +77,10 @@ if has probe; then
 fi
 
 if has tests; then
-  timeout ${TESTS_TIMEOUT:-300} $py -m pytest -q -rfE --tb=line -m "cuda" ${TEST_FILES:-tests} > "$OUT/pytest-cuda.log" 2>&1; rc=$?
+  timeout ${TESTS_TIMEOUT:-300} $py -m pytest -q -rfE --tb=short -m "cuda" ${TEST_FILES:-tests} ${TEST_K:+-k "$TEST_K"} \
+    > "$OUT/pytest-cuda.log" 2>&1; rc=$?
   note "pytest -m cuda rc=$rc: $(tail -1 "$OUT/pytest-cuda.log")"
-  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/pytest-cuda.log" | cut -c1-300 | head -30
+  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)|^E  " "$OUT/pytest-cuda.log" | cut -c1-400 | head -40
 fi
 
 if has verify; then
