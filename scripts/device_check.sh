@@ -113,7 +113,7 @@ fi
 
 if has full; then
   for args in "--dtype fp32 --precision 3xtf32" "--dtype bf16"; do
-    timeout 500 $py -m mishbench bench --preset sweep --mode fwd $args --out "$OUT/results-sweep.csv" \
+    timeout ${SWEEP_TIMEOUT:-500} $py -m mishbench bench --preset sweep --mode fwd $args --out "$OUT/results-sweep.csv" \
       > "$OUT/bench-sweep-$(echo "$args" | tr -d ' -').log" 2>&1; note "bench sweep $args rc=$?"
   done
 fi
