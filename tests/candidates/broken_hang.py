@@ -1,6 +1,10 @@
 # expect: fail=forward,backward,state_dict,gradcheck,training,shapes,anti_cheat_stale_output,anti_cheat_determinism,bad_inputs
 # expect-timeout: 5
-"""Broken: hangs in forward."""
+# expect-cuda: fail=forward,backward,state_dict,gradcheck,training,shapes,init,anti_cheat_stale_output,anti_cheat_streams,anti_cheat_determinism,bad_inputs
+"""Broken: hangs in forward.
+
+On the H100 (KernelBench size, expect-cuda) init and anti_cheat_streams also end as "error: not run: the
+candidate process failed 2 times": they need the worker after the two failures the harness allows."""
 import torch.nn as nn
 
 
