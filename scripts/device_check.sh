@@ -2,7 +2,8 @@
 # One call on the GPU machine: build, GPU tests, verify in every mode, bench; short table last.
 # Usage (device tool): bash scripts/device_check.sh [build] [selftest] [profile] [overhead] [tests] [candidate] [verify] [bench] [small] [full]
 # Env: TEST_K (a pytest -k expression), VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
-#      TEST_FILES, TESTS_TIMEOUT, MISHBENCH_GIT_SHA (the commit, for the CSVs: the copy has no .git).
+#      TEST_FILES, TESTS_TIMEOUT, MISHBENCH_GIT_SHA (the commit, for the CSVs). Write the sha literally in the
+#      device command: a `$(git rev-parse …)` there answered with a stale commit (the copy's .git is not this tree's).
 # The device tool brings back at most 8 files from $OUT: logs go to $LOGS and come back as one
 # $OUT/logs.tgz; $OUT also gets summary.txt, report.md and the results CSVs.
 set -uo pipefail
