@@ -30,7 +30,7 @@ _STAMP = "build.json"
 _CXX_FLAGS = ["-O3"]
 _NVCC_FLAGS = ["-O3", "-lineinfo", "-Xptxas=-v"]  # -v: registers/spills per kernel land in the build log
 # Bumped when the flags above change meaning, so old caches are not reused.
-_FLAGS_VERSION = "1"
+_FLAGS_VERSION = "2"  # 2: -DMISHBENCH_SM90A (feature_flags)
 
 _state: Dict[str, object] = {"module": None, "reason": None}
 

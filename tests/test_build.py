@@ -71,6 +71,13 @@ def test_arch_parsing_and_gencode():
         mb.parse_arch_list("hopper")
 
 
+def test_wgmma_only_with_an_sm90a_image():
+    # The host launches the wgmma kernels only when an sm_90a image exists (their bodies are empty elsewhere).
+    assert mb.feature_flags(["8.0", "9.0a"]) == ["-DMISHBENCH_SM90A=1"]
+    assert mb.feature_flags(["9.0a+PTX"]) == ["-DMISHBENCH_SM90A=1"]
+    assert mb.feature_flags(["8.0", "9.0"]) == []
+
+
 def test_error_parsing():
     log = "\n".join([
         "[1/5] nvcc ... gemm_simt.cu",

@@ -5,7 +5,11 @@ hit), poisons the caching allocator with NaN first so an unwritten output elemen
 and gradients to the DESIGN.md bars: max(2·e(eager), c·ε) against float64 truth.
 """
 import copy
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +186,16 @@ def test_compile_fullgraph_matches_eager():
     y2.sum().backward()
     torch.testing.assert_close(y2, y)
     torch.testing.assert_close(x2.grad, x.grad)
+
+
+def test_mma_sync_family_still_right_on_hopper():
+    """On sm_90 the wgmma kernels take every tensor-core call; the mma.sync family (what sm_80/86/89 run) is
+    reached with MISHBENCH_NO_WGMMA=1, read once per process, hence the subprocess: every mode at odd and
+    KernelBench shapes within the bars (scripts/tc_selftest.py, forward)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the wgmma path exists only on sm_90; elsewhere the other tests already run mma.sync")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, MISHBENCH_NO_WGMMA="1")
+    out = subprocess.run([sys.executable, str(root / "scripts" / "tc_selftest.py"), "--no-bench"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "all checks passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
