@@ -92,6 +92,23 @@ class Inputs(NamedTuple):
     grad_y: Optional[torch.Tensor]
 
 
+def make_input_sets(size: Size, mode: str, seed: int, count: int, device, dtype: torch.dtype) -> List[Inputs]:
+    """`count` input sets (at least one) drawn from `seed`: x as KernelBench's torch.rand, and for fwd_bwd an
+    upstream gradient. Drawn on the CPU in float64, so every device and process sees the same values."""
+    from .verify import make_inputs
+    gen = torch.Generator().manual_seed(seed + 1)
+    sets = []
+    for _ in range(max(1, count)):
+        x = make_inputs(size, "rand", gen, device, dtype)
+        grad_y = None
+        if mode == "fwd_bwd":
+            x.requires_grad_(True)
+            grad_y = torch.randn(size.batch, size.out_features, generator=gen,
+                                 dtype=torch.float64).to(device, dtype)
+        sets.append(Inputs(x, grad_y))
+    return sets
+
+
 class Spec(NamedTuple):
     """A planned row: which implementation, in which precision/class, under which TF32 setting."""
     impl: str
@@ -308,18 +325,7 @@ class _Run:
         return self._templates[size]
 
     def _inputs(self, size: Size, mode: str) -> List[Inputs]:
-        from .verify import make_inputs
-        gen = torch.Generator().manual_seed(self.seed + 1)
-        sets = []
-        for _ in range(max(1, self.opts.input_sets)):
-            x = make_inputs(size, "rand", gen, self.device, self.dtype)  # KernelBench's own torch.rand
-            grad_y = None
-            if mode == "fwd_bwd":
-                x.requires_grad_(True)
-                grad_y = torch.randn(size.batch, size.out_features, generator=gen,
-                                     dtype=torch.float64).to(self.device, self.dtype)
-            sets.append(Inputs(x, grad_y))
-        return sets
+        return make_input_sets(size, mode, self.seed, self.opts.input_sets, self.device, self.dtype)
 
     def _build(self, spec: Spec, size: Size, mode: str) -> Provider:
         template = self._template(size)
@@ -679,10 +685,9 @@ def _run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer = 
 
 def run_bench(opts: BenchOptions, console) -> int:
     """`mishbench bench`: exit code 0 ok, 1 failed (or no GPU), 2 usage, 130 interrupted."""
-    if opts.distributed > 0:
-        console.print("--distributed bench is not implemented in this version (issue 8): run bench without it",
-                      highlight=False)
-        return 2
+    if opts.distributed:
+        from .distributed_bench import run_distributed_bench
+        return run_distributed_bench(opts, console)
     if not torch.cuda.is_available():
         console.print("bench needs a CUDA GPU: none is visible here", highlight=False)
         return 1
@@ -719,13 +724,20 @@ def _num(value, fmt: str) -> str:
         return str(value)
 
 
-def results_table(rows: Sequence[Row], run: Optional[_Run] = None):
+def results_table(rows: Sequence[Row], run: Optional[_Run] = None, title: str = "mishbench bench",
+                  extra: Optional[Tuple[str, Callable[[Row], str]]] = None):
+    """The bench table; `extra` = (header, cell of a row) adds a column after the times (e.g. per-rank times)."""
+    from rich.markup import escape
     from rich.table import Table
-    table = Table(title="mishbench bench", title_justify="left")
-    for name, justify in [("shape", "left"), ("mode", "left"), ("impl", "left"), ("precision", "left"),
-                          ("ms (p20–p80)", "right"), ("TFLOP/s", "right"), ("% peak", "right"),
-                          ("× eager", "right"), ("× compile", "right"), ("× fp32 eager (KernelBench)", "right"),
-                          ("rel_err", "right"), ("compile s", "right"), ("status", "left")]:
+    table = Table(title=title, title_justify="left")
+    columns = [("shape", "left"), ("mode", "left"), ("impl", "left"), ("precision", "left"),
+               ("ms (p20–p80)", "right")]
+    if extra is not None:
+        columns.append((extra[0], "right"))
+    columns += [("TFLOP/s", "right"), ("% peak", "right"), ("× eager", "right"), ("× compile", "right"),
+                ("× fp32 eager (KernelBench)", "right"), ("rel_err", "right"), ("compile s", "right"),
+                ("status", "left")]
+    for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
     style = {"ok": "green", "mismatch": "bold red", "error": "bold red", "oom": "yellow"}
     for r in rows:
@@ -735,9 +747,10 @@ def results_table(rows: Sequence[Row], run: Optional[_Run] = None):
         status = f"[{style.get(str(r['status']), '')}]{r['status']}[/]"
         msg = run.message_for(r) if run is not None else ""
         if msg:
-            status += f" {msg}"
-        table.add_row(f"{r['batch']}x{r['in_features']}x{r['out_features']}", str(r["mode"]), str(r["impl"]),
-                      str(r["precision"]), ms, _num(r["tflops"], ".1f"), _num(r["pct_of_peak"], ".0f"),
+            status += f" {escape(msg)}"  # messages quote exceptions: '[...]' in them is not markup
+        cells = [f"{r['batch']}x{r['in_features']}x{r['out_features']}", str(r["mode"]), str(r["impl"]),
+                 str(r["precision"]), ms] + ([extra[1](r)] if extra is not None else [])
+        table.add_row(*cells, _num(r["tflops"], ".1f"), _num(r["pct_of_peak"], ".0f"),
                       _num(r["speedup_vs_eager"], ".2f"), _num(r["speedup_vs_compile"], ".2f"),
                       _num(r["speedup_vs_fp32_eager"], ".2f"), _num(r["rel_err"], ".2e"),
                       _num(r["compile_s"], ".1f"), status)

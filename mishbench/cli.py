@@ -156,13 +156,15 @@ def bench(sizes: Optional[List[str]] = typer.Option(None, "--sizes", help="BxKxN
           preset: Optional[str] = typer.Option(None, help="kernelbench | sweep | small (default: kernelbench)"),
           dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16 | fp64"),
           precision: Optional[str] = typer.Option(None, help="ieee | 3xtf32 | tf32 (fp32 only)"),
-          mode: str = typer.Option("fwd", help="fwd | fwd_bwd | all"),
+          mode: Optional[str] = typer.Option(None, help="fwd | fwd_bwd | all (default: fwd; fwd_bwd, a DDP "
+                                                         "training step, with --distributed)"),
           baselines: Optional[str] = typer.Option(None, help="comma list of eager,compile,compile-max "
                                                              "(default: eager,compile; eager for the sweep)"),
           warmup: int = typer.Option(10, help="warm-up calls (at least; warm-up also runs >= 100 ms)"),
           iters: int = typer.Option(30, help="timed calls (at least 30; more when the spread is wide)"),
           candidate: Optional[Path] = typer.Option(None, help="also time a candidate ModelNew file"),
-          distributed: int = typer.Option(0, help="time one DDP training step with N ranks"),
+          distributed: int = typer.Option(0, help="time one DDP training step with N ranks (one GPU each; "
+                                                  "gloo on the CPU where no GPU is visible)"),
           resume: bool = typer.Option(False, "--resume", help="skip rows already in --out"),
           out: Optional[Path] = typer.Option(None, help="CSV to append rows to (default results/<timestamp>.csv)")):
     """Time Model (eager, torch.compile) and ModelNew with CUDA events; append rows to a CSV."""
@@ -172,11 +174,14 @@ def bench(sizes: Optional[List[str]] = typer.Option(None, "--sizes", help="BxKxN
     if sizes and preset:
         raise _usage("--sizes and --preset: give one or the other")
     size_list = _sizes(sizes, None if sizes else (preset or "kernelbench"))
+    mode = mode or ("fwd_bwd" if distributed else "fwd")
     if mode not in ("fwd", "fwd_bwd", "all"):
         raise _usage(f"--mode: unknown mode {mode!r}: expected fwd, fwd_bwd or all")
     _existing_file(candidate, "--candidate")
     if warmup < 0 or iters < 1:
         raise _usage(f"--warmup/--iters: must be >= 0 and >= 1, got {warmup} and {iters}")
+    if distributed < 0:
+        raise _usage(f"--distributed: must be >= 0, got {distributed}")
     try:
         base = bench_mod.parse_baselines(baselines, preset or ("custom" if sizes else "kernelbench"))
     except ValueError as exc:

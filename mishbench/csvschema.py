@@ -20,8 +20,9 @@ BASELINE_IMPLS = ("eager", "compile", "compile-max")
 MODES = ("fwd", "fwd_bwd")
 STATUSES = ("ok", "mismatch", "oom", "error")
 
-# What makes two rows "the same measurement" (for --resume and for report de-duplication).
-ROW_KEY = ("batch", "in_features", "out_features", "mode", "dtype", "precision", "impl")
+# What makes two rows "the same measurement" (for --resume and for report de-duplication). A DDP step
+# over N ranks (bench --distributed N) is not the same measurement as one process's fwd_bwd.
+ROW_KEY = ("batch", "in_features", "out_features", "mode", "dtype", "precision", "impl", "world_size")
 
 Row = Dict[str, object]
 
@@ -100,5 +101,6 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
 
 
 def row_key(row) -> tuple:
-    """(batch, in_features, out_features, mode, dtype, precision, impl), as strings, for rows read or built."""
-    return tuple(str(row[k]) for k in ROW_KEY)
+    """(batch, in_features, out_features, mode, dtype, precision, impl, world_size), as strings, for rows read
+    or built; a row without world_size (an older file) counts as one process."""
+    return tuple(str(row.get(k) or 1) if k == "world_size" else str(row[k]) for k in ROW_KEY)

@@ -1,4 +1,5 @@
 """`mishbench verify --distributed N`: train under DDP and FSDP with N ranks and check against one process.
+(The launch helpers here also serve `bench --distributed N`: see distributed_bench.py.)
 
 The launcher writes a job (initial state, global batch, config) to a temporary directory, builds the CUDA
 extension once (so N ranks never race to build it), and runs `python -m torch.distributed.run` with
@@ -33,6 +34,16 @@ def default_size(n: int, device: torch.device) -> Size:
     return Size(128 * n, 1000, 777) if device.type == "cuda" else Size(12 * n, 21, 13)
 
 
+def check_ranks(n: int, device: torch.device) -> None:
+    """ValueError (a usage problem) for N < 1, or more CUDA ranks than visible GPUs (one GPU per rank)."""
+    if n < 1:
+        raise ValueError(f"need at least 1 rank, got {n}")
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus < n:
+            raise ValueError(f"{n} ranks need {n} GPUs (one per rank), but {gpus} visible")
+
+
 def fsdp_skip_reason(device: torch.device) -> Optional[str]:
     """Why FSDP cannot run here at all, or None.
 
@@ -51,8 +62,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(n: int, job_dir: Path, timeout: float) -> Tuple[int, str, bool]:
-    """Run torchrun; (exit code, combined output, timed out). The whole process group dies on timeout."""
+def start_torchrun(n: int, job_dir: Path, stdout=subprocess.PIPE) -> "subprocess.Popen":
+    """Start `torchrun -m mishbench.distributed_worker --job job_dir` with n ranks in its own process group
+    (so kill_group takes down torchrun and every rank); its output goes to `stdout` (stderr merged)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--monitor-interval", "0.5",
            "-m", "mishbench.distributed_worker", "--job", str(job_dir)]
@@ -65,8 +77,12 @@ def _launch(n: int, job_dir: Path, timeout: float) -> Tuple[int, str, bool]:
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     if worker.find_fully_shard() is None:
         env.setdefault("NCCL_ASYNC_ERROR_HANDLING", "1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _launch(n: int, job_dir: Path, timeout: float) -> Tuple[int, str, bool]:
+    """Run torchrun; (exit code, combined output, timed out). The whole process group dies on timeout."""
+    proc = start_torchrun(n, job_dir)
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out.decode(errors="replace"), False
@@ -94,13 +110,13 @@ def kill_group(proc: "subprocess.Popen", grace: float = 5.0) -> None:
             return
 
 
-def _rank_errors(job_dir: Path) -> List[str]:
+def rank_errors(job_dir: Path) -> List[str]:
     """'rank r: stage: error' lines, earliest first (the first failure is the cause, the rest follow it)."""
     files = sorted(job_dir.glob("rank*.err"), key=lambda p: p.stat().st_mtime)
     return [f"{p.stem}: {p.read_text().strip()}" for p in files]
 
 
-def _tail(output: str, lines: int = 3) -> str:
+def tail(output: str, lines: int = 3) -> str:
     kept = [ln.strip() for ln in output.splitlines() if ln.strip()]
     return " | ".join(kept[-lines:])[-400:]
 
@@ -157,12 +173,7 @@ def distributed_checks(n: int, device: torch.device, dtype: torch.dtype, precisi
     """
     progress = progress or (lambda msg: None)
     device = torch.device(device)
-    if n < 1:
-        raise ValueError(f"need at least 1 rank, got {n}")
-    if device.type == "cuda":
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if gpus < n:
-            raise ValueError(f"{n} ranks need {n} GPUs (one per rank), but {gpus} visible")
+    check_ranks(n, device)
     size = size or default_size(n, device)
     if size.batch % n:
         raise ValueError(f"batch {size.batch} of size {size} does not split evenly over {n} ranks")
@@ -199,17 +210,17 @@ def distributed_checks(n: int, device: torch.device, dtype: torch.dtype, precisi
         results = {}  # type: Dict[str, dict]
         if (job_dir / "result.pt").exists():
             results = torch.load(job_dir / "result.pt", weights_only=True)
-        errors = _rank_errors(job_dir)
+        errors = rank_errors(job_dir)
 
     if rc == 0 and not timed_out and all(e in results for e in engines):
         why_missing = ""
     elif timed_out:
         why_missing = (f"torchrun did not finish within {timeout:.0f} s and was killed"
-                       + (f"; {errors[0]}" if errors else f"; last output: {_tail(output)}"))
+                       + (f"; {errors[0]}" if errors else f"; last output: {tail(output)}"))
     elif errors:
         why_missing = f"a rank failed: {errors[0]}" + (f" (+{len(errors) - 1} more ranks)" if len(errors) > 1 else "")
     else:
-        why_missing = f"torchrun exited with {rc}: {_tail(output)}"
+        why_missing = f"torchrun exited with {rc}: {tail(output)}"
 
     progress("distributed: single-process reference")
     main_dev = torch.device("cuda", 0) if device.type == "cuda" else device

@@ -1,11 +1,12 @@
-"""One rank of `mishbench verify --distributed N`, launched by torch.distributed.run (see distributed.py).
+"""One rank of `mishbench verify --distributed N` (and of `bench --distributed N`), launched by torchrun.
 
     python -m torch.distributed.run --nproc_per_node N ... -m mishbench.distributed_worker --job DIR
 
 DIR/job.pt (written by the launcher) holds the config, the initial state and the global batch (float64, so
 every rank and the launcher see the same values). Each rank trains ModelNew and the reference Model on its
 contiguous shard of the batch under DistributedDataParallel and then FSDP; rank 0 writes DIR/result.pt after
-each engine (so a later failure keeps the earlier results). A rank that fails writes DIR/rank<r>.err with one
+each engine (so a later failure keeps the earlier results). A job with kind "bench" times DDP training
+steps instead (distributed_bench.run_rank). A rank that fails writes DIR/rank<r>.err with one
 line saying where and why, then re-raises so torchrun stops the others.
 """
 import argparse
@@ -21,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 # Test hook: "raise:<rank>" makes that rank raise at step 2 of its first training run, "hang:<rank>" makes it
-# sleep there, so the launcher's error reporting and timeouts can be tested without a broken op.
+# sleep there, so the launcher's error reporting and timeouts can be tested without a broken op;
+# "<kind>:<rank>:<step>" picks the step (bench --distributed counts every timed step of the process).
 FAULT_ENV = "MISHBENCH_DIST_FAULT"
 FAULT_STEP = 2
 
@@ -42,10 +44,10 @@ def find_fully_shard() -> Optional[Callable]:
 
 def _fault(step: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
-    if not spec or step != FAULT_STEP or not dist.is_initialized():
+    if not spec or not dist.is_initialized():
         return
-    kind, _, rank = spec.partition(":")
-    if str(dist.get_rank()) != rank:
+    kind, rank, at = (spec.split(":") + [""])[:3]
+    if step != (int(at) if at else FAULT_STEP) or str(dist.get_rank()) != rank:
         return
     if kind == "raise":
         raise RuntimeError(f"injected fault on rank {rank} at step {step} ({FAULT_ENV}={spec})")
@@ -140,6 +142,13 @@ def _run(engine: str, which: str, job: dict, device: torch.device) -> Dict[str, 
     return {"losses": losses, "params": params, "impl": impl}
 
 
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: the launcher never reads a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, type=Path)
@@ -156,16 +165,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         stage = "init_process_group"
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=cfg["collective_timeout"]))
-        results = {}  # type: Dict[str, Dict[str, object]]
-        for engine in cfg["engines"]:
-            results[engine] = {}
-            for which in ("new", "ref"):
-                stage = f"{engine} {'ModelNew' if which == 'new' else 'Model'}"
-                results[engine][which] = _run(engine, which, job, device)
-            if rank == 0:
-                tmp = args.job / "result.pt.tmp"
-                torch.save(results, tmp)
-                os.replace(tmp, args.job / "result.pt")
+        if job.get("kind") == "bench":  # `bench --distributed N`: see distributed_bench.py
+            from .distributed_bench import run_rank
+
+            def set_stage(what: str) -> None:
+                nonlocal stage
+                stage = what
+            run_rank(job, device, args.job, set_stage)
+        else:
+            results = {}  # type: Dict[str, Dict[str, object]]
+            for engine in cfg["engines"]:
+                results[engine] = {}
+                for which in ("new", "ref"):
+                    stage = f"{engine} {'ModelNew' if which == 'new' else 'Model'}"
+                    results[engine][which] = _run(engine, which, job, device)
+                if rank == 0:
+                    save_atomic(results, args.job / "result.pt")
         stage = "shutdown"
         dist.barrier()
     except BaseException as exc:  # noqa: BLE001 - recorded for the launcher, then re-raised

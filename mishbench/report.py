@@ -50,9 +50,11 @@ def load(paths: Sequence[Path]):
 
 
 def _label(row) -> str:
-    if row["impl"] in BASELINE_IMPLS:
-        return str(row["impl"])
-    return f"{row['impl']} {row['precision']}"
+    label = str(row["impl"]) if row["impl"] in BASELINE_IMPLS else f"{row['impl']} {row['precision']}"
+    world = row.get("world_size")
+    if _present(world) and world > 1:  # bench --distributed N: a DDP step over N ranks, its own column
+        label += f" DDP×{int(world)}"
+    return label
 
 
 def _label_order(label: str):

@@ -72,11 +72,7 @@ def test_bench_without_gpu_exits_1_in_one_line(tmp_path):
     assert not (tmp_path / "r.csv").exists()
 
 
-def test_distributed_bench_is_refused_clearly(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "--sizes", "4x4x4", "--distributed", "2",
-                                      "--out", str(tmp_path / "r.csv")])
-    assert result.exit_code == 2
-    assert "not implemented" in cli_output(result)
+# bench --distributed N: tests/test_distributed_bench.py
 
 
 # ---------------------------------------------------------------------------------------------------------
