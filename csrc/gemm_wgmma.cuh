@@ -11,16 +11,15 @@
 // while the tensor cores chew on the current tile (wgmma is asynchronous).
 //
 // Modes:
-//   k3xTf32: x = big + small (x - big is exact in fp32): B arrives split (big = tf32_rna(x), small =
-//            tf32_rna(x - big), launch_split_tf32); A is split in registers by truncation (load_a says why).
-//            A (the 64 rows of this warpgroup) is split in registers: wgmma takes A from registers for tf32.
+//   k3xTf32: x = big + small (x - big is exact in fp32). A (the 64 rows of this warpgroup) is split in
+//            registers, by truncation (load_a says why): wgmma takes A from registers for tf32.
 //            B must come from shared memory, and splitting it there cost more shared-memory bandwidth than
 //            the tensor cores left (v1, below), so the caller splits B once in device memory
-//            (launch_split_tf32; it puts the smaller operand in B's place, GemmParams::trans_c) and each
-//            stage loads three tiles: A, B_big, B_small. Per k8 step: small·big + big·small + big·big into
-//            `part`, which is promoted into fp32 registers every k-tile (DESIGN.md: tensor-core accumulation
-//            over all of K drops low bits; every 32 of K measured best for the mma.sync kernel, 3.8e-7 at
-//            K = 8192).
+//            (launch_split_tf32: big = tf32_rna(x), small = tf32_rna(x - big); the caller puts the smaller
+//            operand in B's place, GemmParams::trans_c) and each stage loads three tiles: A, B_big, B_small.
+//            Per k8 step: small·big + big·small + big·big into `part`, which is promoted into fp32 registers
+//            every k-tile (DESIGN.md: tensor-core accumulation over all of K drops low bits; every 32 of K
+//            measured best for the mma.sync kernel, 3.8e-7 at K = 8192).
 //            v1 split B inside the block after each k-tile landed (in place to B_big plus a B_small tile):
 //            1.92 ms at 1024x8192x8192 on the H100 (1.44x eager), ~3300 clocks per k-tile for 1536 of
 //            tensor-core work; its shared-memory traffic per k-tile (wgmma's B reads 96 KB, the split 48 KB,
