@@ -112,6 +112,13 @@ template <typename T, Mode kMode>
 void launch_epilogue(const GemmParams& p, int dev, bool wgmma, cudaStream_t stream) {
   const bool mish = p.epilogue == Epilogue::kBiasMishMish;
   if (wgmma) {
+    // Only the pre-split 3xtf32 kernels write a transposed output (GemmParams::trans_c).
+    if constexpr (kMode == Mode::k3xTf32) {
+      if (p.trans_c) {
+        mish ? launch_wgmma<T, kMode, true, true>(p, dev, stream) : launch_wgmma<T, kMode, false, true>(p, dev, stream);
+        return;
+      }
+    }
     if (mish) {
       launch_wgmma<T, kMode, true>(p, dev, stream);
     } else {
@@ -217,14 +224,6 @@ __global__ void __launch_bounds__(256) split_tf32_kernel(const float* __restrict
 #endif
 }
 
-template <Mode kMode, bool kMish>
-void launch_wgmma_trans(const GemmParams& p, int dev, cudaStream_t stream) {
-  if constexpr (kMode == Mode::k3xTf32) {
-    if (p.trans_c) return launch_wgmma<float, kMode, kMish, true>(p, dev, stream);
-  }
-  launch_wgmma<float, kMode, kMish, false>(p, dev, stream);
-}
-
 }  // namespace
 
 bool gemm_tc_presplit(const GemmParams& p, c10::ScalarType dtype, Precision precision) {
@@ -260,14 +259,8 @@ bool launch_gemm_tc(const GemmParams& p, c10::ScalarType dtype, Precision precis
               "gemm_tc_presplit says so (", presplit ? "it does" : "it does not", ")");
   TORCH_CHECK(presplit || !p.trans_c, "launch_gemm_tc: trans_c needs the pre-split 3xtf32 path");
   TORCH_CHECK(!presplit || aligned(p.B_small, 16), "launch_gemm_tc: B_small must be 16-byte aligned");
-  const bool mish = p.epilogue == Epilogue::kBiasMishMish;
   if (mode == Mode::k3xTf32) {
-    if (wgmma) {
-      mish ? launch_wgmma_trans<Mode::k3xTf32, true>(p, dev, stream)
-           : launch_wgmma_trans<Mode::k3xTf32, false>(p, dev, stream);
-    } else {
-      launch_epilogue<float, Mode::k3xTf32>(p, dev, false, stream);
-    }
+    launch_epilogue<float, Mode::k3xTf32>(p, dev, wgmma, stream);
   } else if (mode == Mode::kTf32) {
     launch_epilogue<float, Mode::kTf32>(p, dev, wgmma, stream);
   } else if (dtype == c10::ScalarType::Half) {

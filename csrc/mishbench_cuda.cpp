@@ -137,9 +137,8 @@ class StrictFp32Matmul {
   bool restore_;
 };
 
-// C (M, N) = A (M, K) · B (N, K)ᵀ, all contiguous: the backward's two products.
-void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, int64_t K, c10::ScalarType dtype,
-                  Precision prec, cudaStream_t stream, const at::TensorOptions& opts) {
+// C (M, N) = A (M, K) · B (N, K)ᵀ with all three contiguous; the epilogue is kStore until the caller says.
+GemmParams contiguous_tn(const void* A, const void* B, void* C, int64_t M, int64_t N, int64_t K) {
   GemmParams p;
   p.A = A;
   p.B = B;
@@ -150,8 +149,13 @@ void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, i
   p.M = M;
   p.N = N;
   p.K = K;
-  p.epilogue = Epilogue::kStore;
-  run_gemm(p, dtype, prec, stream, opts);
+  return p;
+}
+
+// The backward's two products.
+void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, int64_t K, c10::ScalarType dtype,
+                  Precision prec, cudaStream_t stream, const at::TensorOptions& opts) {
+  run_gemm(contiguous_tn(A, B, C, M, N, K), dtype, prec, stream, opts);
 }
 
 // Forward-shape checks shared by fwd and bwd: x (..., K), weight (N, K).
@@ -222,19 +226,10 @@ std::tuple<at::Tensor, at::Tensor> linear_mish_mish_fwd_cuda(const at::Tensor& x
     return {y, z};
   }
 
-  GemmParams p;
-  p.A = x2.data_ptr();
-  p.B = w.data_ptr();
-  p.C = y.data_ptr();
+  GemmParams p = contiguous_tn(x2.data_ptr(), w.data_ptr(), y.data_ptr(), M, N, K);
   p.bias = b.data_ptr();
   p.Z = save_z ? z.data_ptr() : nullptr;
-  p.lda = K;
-  p.ldb = K;
-  p.ldc = N;
   p.ldz = N;
-  p.M = M;
-  p.N = N;
-  p.K = K;
   p.epilogue = Epilogue::kBiasMishMish;
   run_gemm(p, x.scalar_type(), prec, stream, x.options());
   return {y, z};
