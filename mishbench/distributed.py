@@ -121,6 +121,16 @@ def tail(output: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])[-400:]
 
 
+def failure_reason(errors: List[str], returncode: Optional[int], output: str, killed: Optional[str] = None) -> str:
+    """One line on why a torchrun did not end cleanly: `killed` (the sentence saying it was killed after a
+    timeout) with the first rank error or the output's tail; else the first rank error; else the exit code."""
+    if killed:
+        return killed + (f"; {errors[0]}" if errors else f"; last output: {tail(output)}")
+    if errors:
+        return f"a rank failed: {errors[0]}" + (f" (+{len(errors) - 1} more ranks)" if len(errors) > 1 else "")
+    return f"torchrun exited with {returncode}: {tail(output)}"
+
+
 def _single_process(job: dict, device: torch.device, dtype: torch.dtype, tf32: bool):
     """Model trained on the full batch in one process: losses and final parameters (CPU)."""
     from .reference import Model
@@ -214,13 +224,9 @@ def distributed_checks(n: int, device: torch.device, dtype: torch.dtype, precisi
 
     if rc == 0 and not timed_out and all(e in results for e in engines):
         why_missing = ""
-    elif timed_out:
-        why_missing = (f"torchrun did not finish within {timeout:.0f} s and was killed"
-                       + (f"; {errors[0]}" if errors else f"; last output: {tail(output)}"))
-    elif errors:
-        why_missing = f"a rank failed: {errors[0]}" + (f" (+{len(errors) - 1} more ranks)" if len(errors) > 1 else "")
     else:
-        why_missing = f"torchrun exited with {rc}: {tail(output)}"
+        why_missing = failure_reason(errors, rc, output, killed=(
+            f"torchrun did not finish within {timeout:.0f} s and was killed" if timed_out else None))
 
     progress("distributed: single-process reference")
     main_dev = torch.device("cuda", 0) if device.type == "cuda" else device

@@ -398,13 +398,8 @@ def _watch(job_dir: Path, pending, n: int, case_timeout: float, bar, task, run, 
         return seen, ""
     output = log_path.read_bytes().decode(errors="replace") if log_path.exists() else ""
     errors = distributed.rank_errors(job_dir)
-    if timed_out:
-        why = (f"no case finished within {case_timeout:.0f} s: torchrun killed"
-               + (f"; {errors[0]}" if errors else f"; last output: {distributed.tail(output)}"))
-    elif errors:
-        why = f"a rank failed: {errors[0]}" + (f" (+{len(errors) - 1} more ranks)" if len(errors) > 1 else "")
-    else:
-        why = f"torchrun exited with {proc.returncode}: {distributed.tail(output)}"
+    why = distributed.failure_reason(errors, proc.returncode, output, killed=(
+        f"no case finished within {case_timeout:.0f} s: torchrun killed" if timed_out else None))
     return seen, why
 
 
