@@ -205,7 +205,7 @@ def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     # (~1 µs of host time; the C++ host code checks again for direct torch.ops callers).
     _check_inputs(x, weight, bias)
     if x.is_cuda and _load_extension():
-        return torch.ops.mishbench.linear_mish_mish(x, weight, bias, precision)
+        return _ext_state["op"](x, weight, bias, precision)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return _CompositeLinearMishMish.apply(x, weight, bias, precision)

@@ -12,21 +12,14 @@ from mishbench import bench, csvschema, timing
 from mishbench.cli import app
 from mishbench.shapes import Size
 
+from cli_helpers import cli_output
+
 DESIGN_COLUMNS = """run_id, timestamp, git_sha, gpu, driver, torch, cuda, world_size, impl, mode, dtype, precision,
 accuracy_class, batch, in_features, out_features, median_ms, p20_ms, p80_ms, iters, tflops, pct_of_peak,
 speedup_vs_eager, speedup_vs_compile, speedup_vs_fp32_eager, rel_err, compile_s, peak_mem_mb, seed,
 candidate_sha256, status"""
 
 CPU = torch.device("cpu")
-
-
-def cli_output(result) -> str:
-    out = result.output
-    try:
-        out += result.stderr
-    except (ValueError, AttributeError):  # click < 8.2 mixes stderr into output
-        pass
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

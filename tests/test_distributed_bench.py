@@ -19,17 +19,10 @@ from mishbench import bench, csvschema, distributed, distributed_bench, distribu
 from mishbench.cli import app
 from mishbench.shapes import Size
 
+from cli_helpers import cli_output
+
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: ranks would use NCCL")
 SUBJECT = "composite"  # ModelNew on the CPU runs the composite path and says so (DESIGN.md)
-
-
-def cli_output(result) -> str:
-    out = result.output
-    try:
-        out += result.stderr
-    except (ValueError, AttributeError):  # click < 8.2 mixes stderr into output
-        pass
-    return out
 
 
 def opts_for(tmp_path, sizes=(Size(8, 16, 8),), n=2, **kw):

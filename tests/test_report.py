@@ -7,14 +7,7 @@ from mishbench import report
 from mishbench.cli import app
 from mishbench.csvschema import append_rows, new_row
 
-
-def cli_output(result) -> str:
-    out = result.output
-    try:
-        out += result.stderr
-    except (ValueError, AttributeError):
-        pass
-    return out
+from cli_helpers import cli_output
 
 
 def row(run, impl, ms, mode="fwd", dtype="fp32", precision=None, klass="fp32", shape=(1024, 8192, 8192),
