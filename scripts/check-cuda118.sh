@@ -74,6 +74,8 @@ if [ "${FORCE_INSTALL:-0}" = 1 ] || ! toolkit_ok; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends \
     nvidia-cuda-toolkit nvidia-cuda-toolkit-gcc g++-11 >"$OUT_DIR.apt.log" 2>&1 ||
     { tail -20 "$OUT_DIR.apt.log"; die "apt-get install failed (log: $OUT_DIR.apt.log)"; }
+  # The downloaded .debs (3.7 GB in /var/cache/apt) are not needed once installed; CI disks fill up.
+  as_root apt-get clean || say "warning: apt-get clean failed"
   toolkit_ok || die "toolkit installed but $NVCC is not CUDA $CUDA_WANT"
 fi
 nvcc_ver=$(clean_env "$NVCC" --version | sed -n 's/.*release \([0-9.]*\), V\([0-9.]*\).*/\2/p')
