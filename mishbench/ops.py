@@ -99,8 +99,11 @@ def composite_backward(grad_y, z, x, weight, needs: Tuple[bool, bool, bool]):
     cdt = _compute_dtype(z.dtype)
     zc = z.to(cdt)
     dz = grad_y.to(cdt) * mish_grad(mish(zc)) * mish_grad(zc)
-    dz2 = dz.reshape(-1, dz.shape[-1])
-    x2 = x.reshape(-1, x.shape[-1])
+    # Rows spelled out, not -1: reshape(-1, 0) is ambiguous and raised for in_features == 0 (found by the
+    # CPU kernel's tests, which compare against this path).
+    m = x.shape[:-1].numel()
+    dz2 = dz.reshape(m, dz.shape[-1])
+    x2 = x.reshape(m, x.shape[-1])
     dx = dW = db = None
     if needs[0]:
         dx = (dz.to(x.dtype) @ weight).reshape(x.shape)

@@ -46,7 +46,8 @@ def test_mish_grad_matches_autograd():
     torch.testing.assert_close(ops.mish_grad(x.detach()), g, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 5), (129, 10, 20), (1000, 123, 77)])
+# (4, 0, 5): in_features == 0 (the output is mish(mish(bias))); (0, 3, 2): an empty batch.
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 5), (129, 10, 20), (1000, 123, 77), (4, 0, 5), (0, 3, 2)])
 def test_forward_backward_match_reference_fp64(shape):
     b, k, n = shape
     torch.manual_seed(0)
