@@ -10,15 +10,9 @@
 #include <cuda_runtime.h>
 #include <c10/core/ScalarType.h>
 
-namespace mishbench {
+#include "precision.h"
 
-// How fp32 operands are multiplied. fp16/bf16/fp64 always use kNative.
-enum class Precision : int {
-  kIeee = 0,    // plain fp32 FMA
-  k3xTf32 = 1,  // big+small tf32 split, three tensor-core products, partial sums promoted to fp32
-  kTf32 = 2,    // one tf32 product
-  kNative = 3,  // the dtype's own arithmetic (fp32 accumulation for half types)
-};
+namespace mishbench {
 
 enum class Epilogue : int {
   kStore = 0,         // C = A·Bᵀ

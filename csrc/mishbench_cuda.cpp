@@ -19,6 +19,7 @@
 #include <tuple>
 #include <utility>
 
+#include "checks.h"
 #include "gemm.h"
 #include "msg.h"
 
@@ -35,47 +36,8 @@ void launch_mish_mish_fwd(const void* z, void* y, int64_t n, c10::ScalarType dty
 
 namespace {
 
-// Checks in the style of flash-attention's flash_api.cpp: every message names the argument.
+// The device-independent checks are in checks.h; this one is CUDA's own.
 #define CHECK_DEVICE(x) TORCH_CHECK((x).is_cuda(), "mishbench: " #x " must be a CUDA tensor, got ", (x).device())
-#define CHECK_SAME_DEVICE(x, ref)                                                                         \
-  TORCH_CHECK((x).device() == (ref).device(), "mishbench: " #x " is on ", (x).device(), " but " #ref " is on ", \
-              (ref).device())
-#define CHECK_DTYPE(x, ref)                                                                                 \
-  TORCH_CHECK((x).scalar_type() == (ref).scalar_type(), "mishbench: " #x " has dtype ", (x).scalar_type(), \
-              " but " #ref " has dtype ", (ref).scalar_type(), "; they must match")
-#define CHECK_DIM(x, d) \
-  TORCH_CHECK((x).dim() == (d), "mishbench: " #x " must be ", num(d), "-D, got shape ", shape((x).sizes()))
-#define CHECK_SHAPE(x, ...)                                                                        \
-  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), "mishbench: " #x " must have shape (", \
-              #__VA_ARGS__, ") = ", shape(at::IntArrayRef({__VA_ARGS__})), ", got ", shape((x).sizes()))
-
-bool supported_dtype(c10::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-Precision parse_precision(c10::string_view s) {
-  if (s == "ieee") return Precision::kIeee;
-  if (s == "3xtf32") return Precision::k3xTf32;
-  if (s == "tf32") return Precision::kTf32;
-  if (s == "native") return Precision::kNative;
-  TORCH_CHECK(false, "mishbench: unknown precision '", std::string(s.data(), s.size()),
-              "'; expected one of 'ieee', '3xtf32', 'tf32' (float32 inputs) or 'native' (float16, bfloat16, "
-              "float64 inputs)");
-}
-
-// Parses the mode and checks it against the dtype (DESIGN.md, "Precision modes").
-Precision checked_precision(c10::string_view s, c10::ScalarType dtype) {
-  const Precision p = parse_precision(s);
-  if (dtype == at::kFloat) {
-    TORCH_CHECK(p != Precision::kNative,
-                "mishbench: precision 'native' is for float16/bfloat16/float64 inputs; float32 inputs take "
-                "'ieee', '3xtf32' or 'tf32'");
-  } else {
-    TORCH_CHECK(p == Precision::kNative, "mishbench: precision '", std::string(s.data(), s.size()),
-                "' applies to float32 inputs only; ", dtype, " inputs take 'native'");
-  }
-  return p;
-}
 
 // fp16/bf16 and the tf32 modes go to the tensor-core kernels first. Where those cannot take the call
 // (arch, alignment, size), SIMT runs instead: for 3xtf32/tf32 that is plain fp32 FMA, at least as accurate
@@ -158,55 +120,33 @@ void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, i
   run_gemm(contiguous_tn(A, B, C, M, N, K), dtype, prec, stream, opts);
 }
 
-// Forward-shape checks shared by fwd and bwd: x (..., K), weight (N, K).
-void check_x_weight(const at::Tensor& x, const at::Tensor& weight) {
-  CHECK_DEVICE(x);
-  CHECK_SAME_DEVICE(weight, x);
-  CHECK_DTYPE(weight, x);
-  TORCH_CHECK(supported_dtype(x.scalar_type()),
-              "mishbench: x must be float32, float16, bfloat16 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, "mishbench: x must have at least 1 dimension (..., in_features), got a scalar");
-  CHECK_DIM(weight, 2);
-  TORCH_CHECK(x.size(-1) == weight.size(1), "mishbench: x has in_features=", num(x.size(-1)),
-              " in its last dimension but weight (out_features, in_features) has shape ", shape(weight.sizes()));
-}
-
-std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
-  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
-  s.back() = N;
-  return s;
-}
-
-int64_t batch_rows(const at::Tensor& x) {
-  int64_t m = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) m *= x.size(d);
-  return m;
-}
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> linear_mish_mish_fwd_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                                              const at::Tensor& bias, c10::string_view precision,
-                                                              bool save_z) {
-  check_x_weight(x, weight);
-  CHECK_SAME_DEVICE(bias, x);
-  CHECK_DTYPE(bias, x);
+namespace {
+
+// The forward of both ops. z is written only when it is defined (save_z); the plain op passes an undefined
+// z and so skips the allocation of linear_mish_mish_fwd's empty placeholder (issue 5: launch-bound shapes
+// pay every allocation in host time).
+at::Tensor forward_into(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        c10::string_view precision, at::Tensor* z_out) {
+  CHECK_DEVICE(x);
+  const Precision prec = check_fwd_args(x, weight, bias, precision);
   const int64_t N = weight.size(0), K = weight.size(1);
-  CHECK_SHAPE(bias, N);
-  const Precision prec = checked_precision(precision, x.scalar_type());
 
   const c10::cuda::CUDAGuard guard(x.device());
   const auto out_shape = output_shape(x, N);
   at::Tensor y = at::empty(out_shape, x.options());
-  at::Tensor z = save_z ? at::empty(out_shape, x.options()) : at::empty({0}, x.options());
+  const bool save_z = z_out != nullptr;
+  at::Tensor z = save_z ? at::empty(out_shape, x.options()) : at::Tensor();
+  if (save_z) *z_out = z;
   const int64_t M = batch_rows(x);
-  if (M == 0 || N == 0) return {y, z};
+  if (M == 0 || N == 0) return y;
   if (K == 0) {
     // nn.Linear with in_features == 0 gives the bias; not worth a kernel.
     const at::Tensor z0 = bias.expand(out_shape);
     y.copy_(at::mish(at::mish(z0)));
     if (save_z) z.copy_(z0);
-    return {y, z};
+    return y;
   }
 
   // A 2-D contiguous x (the hot path) is used as is; anything else is viewed/copied to (M, K).
@@ -223,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor> linear_mish_mish_fwd_cuda(const at::Tensor& x
       at::addmm_out(z2, b, x2, w.t());
     }
     launch_mish_mish_fwd(z2.data_ptr(), y.data_ptr(), M * N, x.scalar_type(), stream);
-    return {y, z};
+    return y;
   }
 
   GemmParams p = contiguous_tn(x2.data_ptr(), w.data_ptr(), y.data_ptr(), M, N, K);
@@ -232,12 +172,23 @@ std::tuple<at::Tensor, at::Tensor> linear_mish_mish_fwd_cuda(const at::Tensor& x
   p.ldz = N;
   p.epilogue = Epilogue::kBiasMishMish;
   run_gemm(p, x.scalar_type(), prec, stream, x.options());
+  return y;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> linear_mish_mish_fwd_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                              const at::Tensor& bias, c10::string_view precision,
+                                                              bool save_z) {
+  if (!save_z) return {forward_into(x, weight, bias, precision, nullptr), at::empty({0}, x.options())};
+  at::Tensor z;
+  at::Tensor y = forward_into(x, weight, bias, precision, &z);
   return {y, z};
 }
 
 at::Tensor linear_mish_mish_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                  c10::string_view precision) {
-  return std::get<0>(linear_mish_mish_fwd_cuda(x, weight, bias, precision, /*save_z=*/false));
+  return forward_into(x, weight, bias, precision, nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const at::Tensor& grad_y,
@@ -245,20 +196,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
                                                                          const at::Tensor& weight,
                                                                          c10::string_view precision,
                                                                          std::array<bool, 3> output_mask) {
-  check_x_weight(x, weight);
-  CHECK_DEVICE(grad_y);
-  CHECK_SAME_DEVICE(grad_y, x);
-  CHECK_SAME_DEVICE(z, x);
-  CHECK_DTYPE(grad_y, x);
-  CHECK_DTYPE(z, x);
+  CHECK_DEVICE(x);
+  const Precision prec = check_bwd_args(grad_y, z, x, weight, precision);
   const int64_t N = weight.size(0), K = weight.size(1);
-  const auto out_shape = output_shape(x, N);
-  TORCH_CHECK(z.sizes() == at::IntArrayRef(out_shape), "mishbench: z must have the output shape ",
-              shape(out_shape), " (x's leading dims, out_features), got ", shape(z.sizes()),
-              " (was it saved with save_z=True?)");
-  TORCH_CHECK(grad_y.sizes() == z.sizes(), "mishbench: grad_y must have the shape of z ", shape(z.sizes()),
-              ", got ", shape(grad_y.sizes()));
-  const Precision prec = checked_precision(precision, x.scalar_type());
 
   const c10::cuda::CUDAGuard guard(x.device());
   const auto opts = x.options();
