@@ -9,7 +9,10 @@
 #include <Python.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <pybind11/pybind11.h>  // gil_scoped_release
+#include <torch/csrc/Exceptions.h>  // HANDLE_TH_ERRORS: c10 errors become the Python exceptions torch raises
 #include <torch/csrc/autograd/custom_function.h>  // not <torch/autograd.h>: that pulls in far more (CI time)
+#include <torch/csrc/autograd/python_variable.h>  // THPVariable_Check / _Unpack / _Wrap
 #include <torch/library.h>
 
 #include <array>
@@ -100,8 +103,69 @@ TORCH_LIBRARY_IMPL(mishbench, Autograd, m) { m.impl("linear_mish_mish", &linear_
 
 }  // namespace mishbench
 
-// An empty Python module, so the .so can also be imported (its static initialisers register the ops).
-// Same pattern as pytorch/extension-cpp's PyInit__C; the name follows the extension name torch builds with.
+// ---------------------------------------------------------------------------------------------------------
+// The fast Python entry point (issue 5: launch-bound shapes pay host time in full).
+//
+// linear_mish_mish(x, weight, bias, precision) -> y calls the same op through the same dispatcher as
+// torch.ops.mishbench.linear_mish_mish.default -- Autograd key, profiler, dispatch modes (FakeTensor, ...),
+// then the device's kernel -- but without the boxed path torch.ops takes from Python (the Python frame of
+// OpOverload.__call__, schema-driven argument parsing into IValues, boxing and unboxing). Measured on this
+// project's 2-core CPU machine with the CPU kernel at 128x10x20: see docs/perf-notes.md.
+//
+// What it does not do is __torch_function__: the Python caller (mishbench/ops.py) takes this path only when
+// torch.overrides.has_torch_function says no argument and no mode wants it, and never under torch.compile
+// (dynamo cannot trace a C function; it traces the OpOverload).
+namespace mishbench {
+namespace {
+
+PyObject* py_linear_mish_mish(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  static const char* const kNames[] = {"x", "weight", "bias"};
+  if (nargs != 4) {
+    PyErr_Format(PyExc_TypeError, "linear_mish_mish(x, weight, bias, precision) takes 4 arguments, got %zd",
+                 nargs);
+    return nullptr;
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (!THPVariable_Check(args[i])) {
+      PyErr_Format(PyExc_TypeError, "linear_mish_mish: %s must be a Tensor, got %s", kNames[i],
+                   Py_TYPE(args[i])->tp_name);
+      return nullptr;
+    }
+  }
+  if (!PyUnicode_Check(args[3])) {
+    PyErr_Format(PyExc_TypeError, "linear_mish_mish: precision must be a str, got %s", Py_TYPE(args[3])->tp_name);
+    return nullptr;
+  }
+  Py_ssize_t len = 0;
+  const char* mode = PyUnicode_AsUTF8AndSize(args[3], &len);  // owned by the str, which the caller holds
+  if (mode == nullptr) return nullptr;
+  const at::Tensor& x = THPVariable_Unpack(args[0]);
+  const at::Tensor& weight = THPVariable_Unpack(args[1]);
+  const at::Tensor& bias = THPVariable_Unpack(args[2]);
+  at::Tensor y;
+  {
+    // As torch's own bindings do: other Python threads run while the host code and the launch do.
+    pybind11::gil_scoped_release no_gil;
+    y = plain_op().call(x, weight, bias, c10::string_view(mode, static_cast<size_t>(len)));
+  }
+  return THPVariable_Wrap(std::move(y));
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef kMethods[] = {
+    {"linear_mish_mish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&py_linear_mish_mish)),
+     METH_FASTCALL,
+     "linear_mish_mish(x, weight, bias, precision) -> mish(mish(x @ weight.T + bias)), differentiable; the "
+     "op torch.ops.mishbench.linear_mish_mish without the torch.ops call path (no __torch_function__)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+}  // namespace mishbench
+
+// The Python module: the .so is loaded by torch.ops.load_library (its static initialisers register the ops)
+// and then imported for the fast entry point. Same pattern as pytorch/extension-cpp's PyInit__C; the name
+// follows the extension name torch builds with.
 #ifndef TORCH_EXTENSION_NAME
 #define TORCH_EXTENSION_NAME _C
 #endif
@@ -112,6 +176,6 @@ TORCH_LIBRARY_IMPL(mishbench, Autograd, m) { m.impl("linear_mish_mish", &linear_
 
 PyMODINIT_FUNC MISHBENCH_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, MISHBENCH_STR(TORCH_EXTENSION_NAME), nullptr,
-                                          -1, nullptr};
+                                          -1, mishbench::kMethods};
   return PyModule_Create(&module_def);
 }

@@ -10,3 +10,60 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+class BuiltExtension:
+    """csrc/ compiled once per test session (minutes on 2 cores): the build result, its cache folder, the arch
+    list asked for, and the loaded module or why it could not be loaded on this machine."""
+
+    def __init__(self, res, cache, archs, module, load_error):
+        self.res, self.cache, self.archs, self.module, self.load_error = res, cache, archs, module, load_error
+
+
+@pytest.fixture(scope="session")
+def built_extension(tmp_path_factory):
+    """Builds the extension for MISHBENCH_TEST_ARCHS (default "8.0;9.0a") into a fresh cache (or
+    MISHBENCH_TEST_EXT_CACHE); skips without nvcc. Loading it registers torch.ops.mishbench.* (CPU and CUDA
+    kernels) in this process.
+
+    On a machine with a GPU and no MISHBENCH_TEST_ARCHS it takes the build the op itself uses (the default
+    cache, the GPU's arch): a process can register the mishbench ops from one library only, and the CUDA
+    tests load that one."""
+    import os
+    from pathlib import Path
+
+    from mishbench import build as mb
+
+    home = mb.resolve_cuda_home()
+    if home is None or not (Path(home) / "bin" / "nvcc").exists():
+        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    if torch.cuda.is_available() and not os.environ.get("MISHBENCH_TEST_ARCHS"):
+        res = mb.build()
+        return BuiltExtension(res, mb._cache_root(), res.arch_list, mb.load() if res.ok else None,
+                              mb.status().get("reason"))
+    archs = os.environ.get("MISHBENCH_TEST_ARCHS", "8.0;9.0a")
+    # MISHBENCH_TEST_EXT_CACHE: reuse a cache across local runs (CI leaves it unset: a fresh build each time).
+    reuse = os.environ.get("MISHBENCH_TEST_EXT_CACHE")
+    cache = Path(reuse) if reuse else tmp_path_factory.mktemp("extension") / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MISHBENCH_CACHE", str(cache))
+        res = mb.build(arch=archs)
+    module, load_error = None, None
+    if res.ok:
+        # Loading needs a CUDA runtime matching the one nvcc linked; a CPU-only machine usually still has
+        # the torch CUDA libraries.
+        try:
+            module = mb._import_so(Path(res.module_path))
+        except (ImportError, OSError) as e:
+            load_error = e
+    return BuiltExtension(res, cache, mb.parse_arch_list(archs), module, load_error)
+
+
+@pytest.fixture(scope="session")
+def extension_module(built_extension):
+    """The loaded extension module; skips where it did not build or cannot be loaded here."""
+    if not built_extension.res.ok:
+        pytest.fail(f"build failed: {built_extension.res.reason}\n" + "\n".join(built_extension.res.errors))
+    if built_extension.module is None:
+        pytest.skip(f"built, but the library cannot be loaded here: {built_extension.load_error}")
+    return built_extension.module

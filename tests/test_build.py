@@ -105,29 +105,22 @@ def test_csrc_found():
 
 # ---------------------------------------------------------------------------------------- the compile
 @pytest.mark.build
-def test_compile_csrc(tmp_path, monkeypatch):
-    home = mb.resolve_cuda_home()
-    if home is None or not (Path(home) / "bin" / "nvcc").exists():
-        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
-    archs = os.environ.get("MISHBENCH_TEST_ARCHS", "8.0;9.0a")
-    monkeypatch.setenv("MISHBENCH_CACHE", str(tmp_path / "cache"))
-    res = mb.build(arch=archs)
+def test_compile_csrc(built_extension, monkeypatch):
+    res = built_extension.res
     assert res.ok, f"build failed: {res.reason}\n" + "\n".join(res.errors) + f"\nlog: {res.log_path}"
     assert res.module_path and Path(res.module_path).exists()
-    assert res.arch_list == mb.parse_arch_list(archs)
+    assert res.arch_list == built_extension.archs
 
     # A second build with the same key is a cache hit: no compiler run.
-    again = mb.build(arch=archs)
+    monkeypatch.setenv("MISHBENCH_CACHE", str(built_extension.cache))
+    again = mb.build(arch=";".join(built_extension.archs))
     assert again.ok and again.module_path == res.module_path and again.seconds < 5
 
-    # Loading needs a CUDA runtime matching the one nvcc linked; a CPU-only machine usually still has the
-    # torch CUDA libraries, so try it and check the schemas when it works.
+    # The schemas, where this machine can load the library.
     import torch
 
-    try:
-        mb._import_so(Path(res.module_path))
-    except (ImportError, OSError) as e:
-        pytest.skip(f"built, but the library cannot be loaded here: {e}")
+    if built_extension.module is None:
+        pytest.skip(f"built, but the library cannot be loaded here: {built_extension.load_error}")
     schema = str(torch.ops.mishbench.linear_mish_mish.default._schema)
     assert schema == "mishbench::linear_mish_mish(Tensor x, Tensor weight, Tensor bias, str precision) -> Tensor"
     assert "bool[3] output_mask" in str(torch.ops.mishbench.linear_mish_mish_bwd.default._schema)
