@@ -34,10 +34,16 @@ class ModelNew(nn.Module):
         return ops.implementation(device if device is not None else self.linear.weight.device)
 
     def forward(self, x):
-        # resolve_precision inline rather than through resolved_precision(): one Python call less per
-        # forward, which launch-bound shapes pay in full.
-        return ops.linear_mish_mish(x, self.linear.weight, self.linear.bias,
-                                    resolve_precision(self.precision, x.dtype, x.device))
+        # Launch-bound shapes pay this method's host time in full (issue 5), so: the parameters are read
+        # from the dicts nn.Module keeps them in (self.linear.weight and .bias go through Module.__getattr__
+        # twice each: 6.5 µs against 0.3 µs on the 2-core CPU machine, under load); a linear whose weight or
+        # bias is not a plain entry there (torch.nn.utils.parametrize, a bias set to None) takes the
+        # attributes. resolve_precision inline rather than through resolved_precision(): one call less.
+        params = self._modules["linear"]._parameters
+        weight, bias = params.get("weight"), params.get("bias")
+        if weight is None or bias is None:
+            weight, bias = self.linear.weight, self.linear.bias
+        return ops.linear_mish_mish(x, weight, bias, resolve_precision(self.precision, x.dtype, x.device))
 
     def extra_repr(self):
         return f"precision={self.precision!r}"

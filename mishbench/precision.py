@@ -1,7 +1,7 @@
 """Precision modes, dtypes and accuracy classes (DESIGN.md, "Precision modes and accuracy classes")."""
 import contextlib
 import functools
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -106,17 +106,33 @@ def _constant_under_compile(fn):
     return mark(fn) if mark is not None else fn
 
 
+# resolve_precision's answers for explicit modes, which depend only on (precision, dtype, device): every
+# forward asks, and launch-bound shapes pay the ~1.5 µs of the full resolution in host time (issue 5).
+_EXPLICIT_MODES: Dict[Tuple[str, torch.dtype, torch.device], str] = {}
+
+
 @_constant_under_compile
 def resolve_precision(precision: Optional[str], dtype: torch.dtype, device: torch.device) -> str:
     """The mode that actually runs for inputs of `dtype` on `device`.
 
     A model's `precision` is its choice for fp32 inputs: other dtypes (e.g. bf16 under autocast) run
     'native'. 'native' for fp32 means 'ieee'. On the CPU, and on GPUs without tensor cores, every fp32
-    mode computes plain fp32 and is reported as 'ieee'.
+    mode computes plain fp32 and is reported as 'ieee'. precision=None follows PyTorch's float32 matmul
+    setting, read on every call.
     """
-    check_precision(precision)
     if precision is None:
         return default_precision(dtype, device)
+    key = (precision, dtype, device)
+    mode = _EXPLICIT_MODES.get(key)
+    if mode is None:
+        mode = _resolve_explicit(precision, dtype, device)
+        if device.type != "cuda" or device.index is not None:  # "cuda" alone means the current device
+            _EXPLICIT_MODES[key] = mode
+    return mode
+
+
+def _resolve_explicit(precision: str, dtype: torch.dtype, device: torch.device) -> str:
+    check_precision(precision)
     if dtype != torch.float32:
         return "native"
     if precision == "native" or not has_tensor_cores(device):

@@ -167,6 +167,38 @@ def test_inference_mode_and_no_grad_run_without_saving():
     torch.testing.assert_close(y, y2)
 
 
+def test_fast_entry_taken_and_same_as_the_opoverload(monkeypatch):
+    """ModelNew's forward on CUDA goes through the extension's C entry point (issue 5), which gives bit for
+    bit what torch.ops gives; a tensor subclass (it has __torch_function__) takes the OpOverload instead; a
+    bad input still raises the CPU path's ValueError."""
+    fast = ops._ext_state["fast"]
+    if fast is None:
+        pytest.skip("no fast entry point on this torch (needs torch.compiler.is_compiling, torch >= 2.3)")
+    calls = []
+
+    def spy(*args):
+        calls.append(type(args[0]))
+        return fast(*args)
+
+    monkeypatch.setitem(ops._ext_state, "fast", spy)
+    _, new = models(Size(128, 10, 20), torch.float32, "3xtf32", seed=0)
+    x = torch.randn(128, 10, device=DEV, requires_grad=True)
+    y = new(x)
+    assert calls == [torch.Tensor]
+    want = torch.ops.mishbench.linear_mish_mish.default(x, new.linear.weight, new.linear.bias, "3xtf32")
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    y.sum().backward()
+    assert x.grad is not None and new.linear.weight.grad is not None
+
+    class Sub(torch.Tensor):
+        pass
+
+    torch.testing.assert_close(new(x.detach().as_subclass(Sub)).as_subclass(torch.Tensor), want.detach())
+    assert calls == [torch.Tensor]
+    with pytest.raises(ValueError, match="in_features=11"):
+        new(torch.randn(4, 11, device=DEV))
+
+
 @pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="torch.library.opcheck needs torch >= 2.4")
 def test_opcheck():
     gen = torch.Generator().manual_seed(0)
