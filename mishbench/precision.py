@@ -123,7 +123,11 @@ def resolve_precision(precision: Optional[str], dtype: torch.dtype, device: torc
     if precision is None:
         return default_precision(dtype, device)
     key = (precision, dtype, device)
-    mode = _EXPLICIT_MODES.get(key)
+    try:
+        mode = _EXPLICIT_MODES.get(key)
+    except TypeError:  # unhashable, so not a mode name: say which value was wrong
+        check_precision(precision)
+        raise
     if mode is None:
         mode = _resolve_explicit(precision, dtype, device)
         if device.type != "cuda" or device.index is not None:  # "cuda" alone means the current device

@@ -76,12 +76,22 @@ def test_backward_matches_composite(extension_module, lead, k, n):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
 
 
-def test_only_the_needed_gradients(extension_module):
+@pytest.mark.parametrize("wanted", [(True, False, False), (False, True, False), (False, False, True),
+                                    (True, False, True)])
+def test_only_the_needed_gradients(extension_module, wanted):
+    """Each subset of inputs that requires grad gets the composite path's gradients, the others none."""
     x, w, b = inputs((5,), 4, 3)
-    w.requires_grad_()
-    y = extension_module.linear_mish_mish(x, w, b, "ieee")
-    y.sum().backward()
-    assert x.grad is None and b.grad is None and w.grad is not None and w.grad.shape == w.shape
+    for t, on in zip((x, w, b), wanted):
+        t.requires_grad_(on)
+    gy = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+    extension_module.linear_mish_mish(x, w, b, "ieee").backward(gy)
+    ref = [t.detach().clone().requires_grad_(on) for t, on in zip((x, w, b), wanted)]
+    ops._CompositeLinearMishMish.apply(*ref, "ieee").backward(gy)
+    for t, r, on in zip((x, w, b), ref, wanted):
+        if on:
+            torch.testing.assert_close(t.grad, r.grad, rtol=1e-5, atol=1e-6)
+        else:
+            assert t.grad is None
 
 
 def test_no_graph_without_grad(extension_module):
@@ -126,6 +136,29 @@ def test_bad_arguments_raise_type_error_naming_them(extension_module):
         extension_module.linear_mish_mish(x, w, b)
 
 
+def test_gil_released_during_the_op(extension_module):
+    """While one thread is inside the entry point (a ~2k x 2k x 2k CPU matmul, 100+ ms), another thread
+    keeps running Python: the GIL is released around the op. Holding it would stop the counter."""
+    x, w, b = inputs((2048,), 2048, 2048)
+    started, done = threading.Event(), threading.Event()
+    count = [0]
+
+    def spin():
+        started.set()
+        while not done.is_set():
+            count[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    started.wait()
+    before = count[0]
+    extension_module.linear_mish_mish(x, w, b, "ieee")
+    during = count[0] - before
+    done.set()
+    t.join()
+    assert during > 1000, f"the other thread ran only {during} iterations during the call"
+
+
 def test_usable_from_threads(extension_module):
     """The entry point releases the GIL around the op: calls from several threads all come back right."""
     x, w, b = inputs((64,), 32, 16)
@@ -162,3 +195,28 @@ def test_opcheck_on_cpu(extension_module, requires_grad):
     y, z = torch.ops.mishbench.linear_mish_mish_fwd(x, w, b, "ieee", True)
     torch.library.opcheck(torch.ops.mishbench.linear_mish_mish_bwd.default,
                           (torch.randn_like(y), z, x, w, "ieee", [True, False, True]))
+
+
+@pytest.mark.skipif(not ops.HAS_TORCH_LIBRARY_FAKE or ops._is_compiling is None,
+                    reason="fake functions need torch >= 2.4")
+def test_fast_path_routing_with_fake_cuda_tensors(extension_module, monkeypatch):
+    """ops.linear_mish_mish's CUDA routing, without a GPU: FakeTensorMode's "cuda" tensors say is_cuda, take
+    the C entry point (a dispatch mode, not __torch_function__), and reach the fake functions, which check
+    the inputs like the C++ host code does; a missing bias runs the composite path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ops.register_fakes()
+    calls = []
+    fast = extension_module.linear_mish_mish
+    monkeypatch.setitem(ops._ext_state, "fast", lambda *a: calls.append(1) or fast(*a))
+    monkeypatch.setitem(ops._ext_state, "op", torch.ops.mishbench.linear_mish_mish.default)
+    with FakeTensorMode():
+        x, w, b = (torch.empty(s, device="cuda") for s in ((4, 10), (5, 10), (5,)))
+        y = ops.linear_mish_mish(x, w, b, "3xtf32")
+        assert y.shape == (4, 5) and y.is_cuda and calls == [1]
+        with pytest.raises(ValueError, match=r"x has in_features=11"):
+            ops.linear_mish_mish(torch.empty(4, 11, device="cuda"), w, b, "3xtf32")
+        with pytest.raises(ValueError, match=r"bias must have shape \(5,\), got \(7,\)"):
+            ops.linear_mish_mish(x, w, torch.empty(7, device="cuda"), "3xtf32")
+        assert ops.linear_mish_mish(x, w, None, "3xtf32").shape == (4, 5)
+    assert calls == [1, 1, 1]

@@ -126,3 +126,15 @@ def test_bad_precision_names_the_value():
 def test_cpu_runs_composite_and_says_so():
     assert ModelNew(4, 4).implementation("cpu") == "composite"
     assert ModelNew(4, 4, precision="3xtf32").resolved_precision(torch.randn(2, 4)) == "ieee"
+
+
+def test_precision_resolution_cached_and_checked():
+    from mishbench.precision import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("3xtf32", torch.float32, cpu) == "ieee"  # the CPU computes plain fp32
+    assert resolve_precision("3xtf32", torch.float32, cpu) == "ieee"  # and again, from the cache
+    assert resolve_precision("tf32", torch.bfloat16, cpu) == "native"
+    for bad in ("fp8", ["ieee"]):  # a wrong name, and an unhashable value
+        with pytest.raises(ValueError, match="unknown precision"):
+            resolve_precision(bad, torch.float32, cpu)
