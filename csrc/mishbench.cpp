@@ -175,7 +175,8 @@ PyMethodDef kMethods[] = {
 #define MISHBENCH_STR(a) MISHBENCH_STR_(a)
 
 PyMODINIT_FUNC MISHBENCH_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, MISHBENCH_STR(TORCH_EXTENSION_NAME), nullptr,
-                                          -1, mishbench::kMethods};
+  // Every field spelled out (m_slots, m_traverse, m_clear, m_free unused): -Wmissing-field-initializers.
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, MISHBENCH_STR(TORCH_EXTENSION_NAME), nullptr, -1,
+                                          mishbench::kMethods, nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module_def);
 }
