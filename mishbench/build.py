@@ -32,7 +32,7 @@ _NVCC_FLAGS = ["-O3", "-lineinfo", "-Xptxas=-v"]  # -v: registers/spills per ker
 # Bumped when the flags above change meaning, so old caches are not reused.
 _FLAGS_VERSION = "2"  # 2: -DMISHBENCH_SM90A (feature_flags)
 
-_state: Dict[str, object] = {"module": None, "reason": None}
+_state: Dict[str, object] = {"module": None, "reason": None, "so_path": None}
 
 
 @dataclasses.dataclass
@@ -231,15 +231,41 @@ def build_key(archs: List[str], cuda_version: Optional[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def loaded_elsewhere(so: Path) -> Optional[str]:
+    """The path of a mishbench library this process has already loaded, when that is not `so`.
+
+    A process can register the mishbench ops from one library only: dlopen of a second build (another arch
+    list or cache) runs its TORCH_LIBRARY initialiser again, which throws from inside dlopen and aborts the
+    process ("Only a single TORCH_LIBRARY can be used to register the namespace mishbench", seen here).
+    """
+    import torch
+
+    seen = [str(_state["so_path"])] if _state.get("so_path") else []
+    seen += [p for p in getattr(torch.ops, "loaded_libraries", ()) if Path(p).name == _SO_NAME]
+    target = os.path.realpath(str(so))
+    for path in seen:
+        if os.path.realpath(path) != target:
+            return path
+    return None
+
+
+def _one_library_message(other: str) -> str:
+    return (f"this process already loaded the mishbench ops from {other}; a process can register them from "
+            "one library only: build or load another arch list or cache in a new process")
+
+
 def _import_so(so: Path):
     """Load the built library: its static initialisers register torch.ops.mishbench.*."""
     importlib.import_module("torch")  # libtorch must be loaded first: the .so links against it
-
+    other = loaded_elsewhere(so)
+    if other is not None:
+        raise ImportError(_one_library_message(other))
     spec = importlib.util.spec_from_file_location(EXT_NAME, str(so))
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {so}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
+    _state["so_path"] = str(so)
     return module
 
 
@@ -340,6 +366,10 @@ def build(arch: Optional[str] = None, force: bool = False, verbose: bool = False
     if so.exists() and (cache / _STAMP).exists() and not force:
         return BuildResult(True, str(so), str(cache), str(log_path), time.perf_counter() - t0, [], cuda_home,
                            archs)
+    # torch's JIT build loads what it compiled into this process: refuse rather than abort (loaded_elsewhere).
+    other = loaded_elsewhere(so)
+    if other is not None:
+        return fail(_one_library_message(other), archs)
     cache.mkdir(parents=True, exist_ok=True)
     # A failed rebuild must not leave an older .so that looks like success: drop both before compiling.
     for stale in (cache / _STAMP, so):

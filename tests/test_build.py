@@ -103,6 +103,28 @@ def test_csrc_found():
     assert (root / "mishbench.cpp").exists() and (root / "gemm.h").exists()
 
 
+def test_a_second_library_is_refused_not_loaded(tmp_path, monkeypatch):
+    """Loading a second mishbench build into a process aborts it (TORCH_LIBRARY registers the namespace
+    once, and throws from inside dlopen): _import_so and build() refuse with a message instead."""
+    import torch
+    import torch.utils.cpp_extension as cpp
+
+    other, target = tmp_path / "a" / "mishbench_C.so", tmp_path / "cache" / "mishbench_C.so"
+    monkeypatch.setattr(torch.ops, "loaded_libraries", set())
+    monkeypatch.setitem(mb._state, "so_path", str(other))
+    assert mb.loaded_elsewhere(target) == str(other)
+    assert mb.loaded_elsewhere(other) is None
+    with pytest.raises(ImportError, match="one library only"):
+        mb._import_so(target)
+
+    monkeypatch.setenv("MISHBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(mb, "_find_toolkit", lambda: str(tmp_path / "cuda"))
+    monkeypatch.setattr(mb, "_cuda_version", lambda home: "12.0")
+    monkeypatch.setattr(cpp, "load", lambda *a, **k: pytest.fail("compiled and loaded a second library"))
+    res = mb.build(arch="8.0", force=True)
+    assert not res.ok and "one library only" in res.reason and str(other) in res.reason
+
+
 # ---------------------------------------------------------------------------------------- the compile
 @pytest.mark.build
 def test_compile_csrc(built_extension, monkeypatch):
