@@ -111,10 +111,22 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> "Limits":
-        env = os.environ
-        return cls(call_s=float(env.get("MISHBENCH_CANDIDATE_TIMEOUT", cls.call_s)),
-                   load_s=float(env.get("MISHBENCH_CANDIDATE_BUILD_TIMEOUT", cls.load_s)),
-                   mem_gb=float(env.get("MISHBENCH_CANDIDATE_MEM_GB", cls.mem_gb)))
+        """CandidateUsageError (exit 2) naming the variable and its value when one is not a positive number."""
+        def positive(var: str, default: float) -> float:
+            raw = os.environ.get(var)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                value = float("nan")
+            if not value > 0 or value == float("inf"):
+                raise CandidateUsageError(f"{var}: expected a positive number, got {raw!r}")
+            return value
+
+        return cls(call_s=positive("MISHBENCH_CANDIDATE_TIMEOUT", cls.call_s),
+                   load_s=positive("MISHBENCH_CANDIDATE_BUILD_TIMEOUT", cls.load_s),
+                   mem_gb=positive("MISHBENCH_CANDIDATE_MEM_GB", cls.mem_gb))
 
 
 def extension_cache(candidate: Candidate, arch: str) -> Path:
@@ -183,11 +195,12 @@ class WorkerProcess:
         return lines[-1][:200] if lines else ""
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: nvcc, ninja, anything it forked
-            except ProcessLookupError:
-                pass
+        # The whole group, also when the worker itself has already exited: nvcc, ninja, anything the
+        # candidate started (a candidate that spawned `sleep` and then raised left 13 of them running).
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone
         self.proc.wait()
 
     def close(self, graceful: bool = True) -> None:

@@ -4,6 +4,7 @@ Exit codes everywhere: 0 success, 1 a check failed or the work failed, 2 usage e
 --sizes, missing file) with a one-line message naming the bad value.
 """
 import datetime
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -64,6 +65,21 @@ def _existing_file(path: Optional[Path], flag: str) -> Optional[Path]:
     return path
 
 
+def _writable_file(path: Optional[Path], flag: str) -> Optional[Path]:
+    """Checked before a run, so that a bad output path does not lose the run's results at its end."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise _usage(f"{flag}: {str(path)!r} is a folder, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _usage(f"{flag}: cannot create the folder of {str(path)!r}: {exc.strerror or exc}") from None
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise _usage(f"{flag}: cannot write {str(path)!r}: permission denied")
+    return path
+
+
 @app.command()
 def info():
     """GPU, driver, CUDA runtime, nvcc, torch, Python, arch list and extension build status."""
@@ -115,11 +131,20 @@ def verify(device: str = typer.Option("auto", help="auto | cpu | cuda"),
     _existing_file(candidate, "--candidate")
     if distributed < 0:
         raise _usage(f"--distributed: must be >= 0, got {distributed}")
+    if candidate is not None and distributed:
+        # The DDP/FSDP checks train mishbench's own ModelNew in torchrun workers; a candidate only ever runs
+        # in its isolated worker process, so their rows would describe the wrong model.
+        raise _usage("--candidate with --distributed: the distributed checks run mishbench's own ModelNew, "
+                     "not a candidate; run them separately")
+    _writable_file(json_path, "--json")
     report = _verify_report(dev, torch_dtype, precision, size_list, candidate, distributed, seed)
     print_report(report)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(report.to_json() + "\n")
+        try:
+            json_path.write_text(report.to_json() + "\n")
+        except OSError as exc:
+            usage_error(f"--json: cannot write {str(json_path)!r}: {exc.strerror or exc}")
+            raise typer.Exit(1) from None
         console.print(f"JSON report: {json_path}", highlight=False)
     if not report.ok or (strict and not report.complete):
         raise typer.Exit(1)

@@ -116,6 +116,56 @@ def test_cli_exit_codes():
     assert usage.exit_code == 2, usage.output
 
 
+def test_cli_usage_errors_before_any_run(tmp_path, monkeypatch):
+    """Each bad input is one line and exit 2, before a worker starts."""
+    runner = CliRunner()
+    ok = str(HERE / "plain_pytorch.py")
+    dist = runner.invoke(app, ["verify", "--device", "cpu", "--candidate", ok, "--distributed", "2"])
+    assert dist.exit_code == 2 and "--candidate with --distributed" in dist.output, dist.output
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    json_bad = runner.invoke(app, ["verify", "--device", "cpu", "--candidate", ok, "--json",
+                                   str(blocked / "report.json")])
+    assert json_bad.exit_code == 2 and "--json: cannot create the folder" in json_bad.output, json_bad.output
+    monkeypatch.setenv("MISHBENCH_CANDIDATE_TIMEOUT", "abc")
+    env_bad = runner.invoke(app, ["verify", "--device", "cpu", "--candidate", ok])
+    assert env_bad.exit_code == 2 and "MISHBENCH_CANDIDATE_TIMEOUT: expected a positive number, got 'abc'" \
+        in env_bad.output, env_bad.output
+    assert "Traceback" not in dist.output + json_bad.output + env_bad.output
+
+
+def _processes_with(marker: str) -> list:
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and marker in (d / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(d.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_processes_a_candidate_starts_do_not_outlive_the_run(tmp_path):
+    """The worker's whole process group is killed when it closes, also after the worker itself exited."""
+    marker = "4243.25"  # a sleep no one else runs
+    f = tmp_path / "spawner.py"
+    f.write_text("import subprocess\nimport torch.nn as nn\n\n\nclass ModelNew(nn.Module):\n"
+                 "    def __init__(self, in_features, out_features):\n        super().__init__()\n"
+                 "        self.linear = nn.Linear(in_features, out_features)\n\n"
+                 f"    def forward(self, x):\n        subprocess.Popen(['sleep', '{marker}'])\n"
+                 "        raise RuntimeError('spawned a child, then failed')\n")
+    cand.verify_candidate(f, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE,
+                          limits=cand.Limits(call_s=60, load_s=600))
+    deadline = time.time() + 5
+    while _processes_with(marker) and time.time() < deadline:
+        time.sleep(0.1)
+    left = _processes_with(marker)
+    for pid in left:  # do not leave them behind even when the test fails
+        os.kill(pid, 9)
+    assert not left, f"{len(left)} process(es) the candidate started outlived the run"
+
+
 def test_worker_environment_is_scrubbed(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
