@@ -173,18 +173,50 @@ def check_inputs_unchanged(parsed: Parsed) -> Check:
 
 
 def _input_defs(tree: ast.Module) -> Dict[str, str]:
-    out = {}
+    """What each of INPUT_FUNCS and INPUT_GLOBALS is bound to at module level (the last binding wins), as a
+    comparable string: a def's body, an assigned value -- also through `a, b, c = 1, 2, 3`, annotated,
+    augmented (`batch_size *= 2`) or rebound (`get_inputs = lambda: ...`) -- or an import."""
+    out: Dict[str, str] = {}
+    watched = set(INPUT_FUNCS) | set(INPUT_GLOBALS)
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name in INPUT_FUNCS:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in watched:
             body = node.body
             if body and isinstance(body[0], ast.Expr) and _const_str(body[0].value) is not None:
                 body = body[1:]  # a docstring is not a change
-            out[node.name] = ast.dump(ast.Module(body=body, type_ignores=[]))
-        elif isinstance(node, ast.Assign):
-            for t in node.targets:
-                if isinstance(t, ast.Name) and t.id in INPUT_GLOBALS:
-                    out[t.id] = ast.dump(node.value) if not isinstance(node.value, ast.Constant) else repr(node.value.value)
+            kind = "" if isinstance(node, ast.FunctionDef) else type(node).__name__ + " "
+            out[node.name] = kind + ast.dump(ast.Module(body=body, type_ignores=[]))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            if node.value is None:
+                continue  # `batch_size: int` binds nothing
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            op = type(node.op).__name__ + "= " if isinstance(node, ast.AugAssign) else ""
+            for target in targets:
+                for name, value in _bindings(target, node.value):
+                    if name in watched:
+                        out[name] = op + value
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                bound = alias.asname or alias.name.split(".")[0]
+                if bound in watched:
+                    out[bound] = f"imported {alias.name}" + (f" from {node.module}" if isinstance(node, ast.ImportFrom)
+                                                             else "")
     return out
+
+
+def _bindings(target: ast.AST, value: ast.AST):
+    """(name, value as text) for each name `target = value` binds; tuple targets pair up with tuple values."""
+    if isinstance(target, ast.Name):
+        yield target.id, repr(value.value) if isinstance(value, ast.Constant) else ast.dump(value)
+    elif isinstance(target, (ast.Tuple, ast.List)):
+        paired = isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts)
+        for i, t in enumerate(target.elts):
+            if paired:
+                yield from _bindings(t, value.elts[i])
+            else:
+                for name, _ in _bindings(t, value):
+                    yield name, f"{ast.dump(value)}[{i}]"
+    elif isinstance(target, ast.Starred):
+        yield from ((name, f"*{v}") for name, v in _bindings(target.value, value))
 
 
 def _is_stdlib(root: str) -> bool:

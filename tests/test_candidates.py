@@ -189,6 +189,27 @@ def test_static_deprecated_finds_cpp_and_python_apis():
         assert what in check.detail, check.detail
 
 
+REF_INPUTS = ("def get_inputs():\n    return [torch.rand(batch_size, in_features)]\n\n"
+              "def get_init_inputs():\n    return [in_features, out_features]\n")
+
+
+@pytest.mark.parametrize("prefix,suffix,ok", [
+    ("batch_size = 1024\nin_features = 8192\nout_features = 8192\n", "", True),
+    ("batch_size, in_features, out_features = 1024, 8192, 8192\n", "", True),
+    ("batch_size: int = 1024\n", "", True),
+    ("batch_size, in_features, out_features = 16, 32, 32\n", "", False),  # DESIGN.md's own spelling
+    ("batch_size = 1024\n", "batch_size *= 2\n", False),
+    ("", "get_inputs = lambda: [torch.zeros(1, 1)]\n", False),
+    ("", "from os import get_inputs\n", False),
+    ("(batch_size, in_features), out_features = (1, 2), 3\n", "", False),
+])
+def test_static_inputs_unchanged_sees_every_binding(prefix, suffix, ok):
+    from mishbench.candidate_static import check_inputs_unchanged
+
+    check = check_inputs_unchanged(Parsed("import torch\n" + prefix + REF_INPUTS + suffix))
+    assert (check.status == "pass") == ok, check.detail
+
+
 def test_static_imports_and_fallback():
     assert check_imports(Parsed("import os, math\nimport torch.nn as nn\nfrom typing import List\n")).status == "pass"
     bad = check_imports(Parsed("import triton\nimport triton.language as tl\nfrom . import x\n"))
