@@ -64,7 +64,7 @@ class Candidate:
 
     @property
     def parsed(self) -> Parsed:
-        return Parsed(self.source)
+        return Parsed(self.source, self.line_offset)
 
 
 _FENCE = re.compile(r"^(?P<fence>```+|~~~+)[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=fence)[ \t]*$",
@@ -165,7 +165,9 @@ class WorkerProcess:
         self.candidate, self.device, self.limits = candidate, device, limits
         self.tmp = tempfile.mkdtemp(prefix="mishbench-candidate-")
         self.log_path = Path(self.tmp) / "worker.log"
-        (Path(self.tmp) / cw.CANDIDATE_FILE).write_text(candidate.source)
+        # Blank lines in front of a markdown answer's code block: the worker's tracebacks and line numbers
+        # are then lines of the answer file, as the static findings' are.
+        (Path(self.tmp) / cw.CANDIDATE_FILE).write_text("\n" * candidate.line_offset + candidate.source)
         if torch.cuda.is_available() and device.type == "cuda":
             major, minor = torch.cuda.get_device_capability(device)
             self.arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or f"{major}.{minor}"
@@ -481,7 +483,7 @@ def build_check(candidate: Candidate, reply: Optional[Dict[str, Any]], error: st
     origin = "" if candidate.origin == "file" else f"from {candidate.origin}: "
     metrics: Dict[str, Any] = {"source": candidate.origin}
     if parsed.tree is None:
-        line = int(re.search(r"line (\d+)", parsed.syntax_error).group(1)) + candidate.line_offset \
+        line = int(re.search(r"line (\d+)", parsed.syntax_error).group(1)) \
             if re.search(r"line (\d+)", parsed.syntax_error) else 0
         return Check("build", "fail", f"{origin}the code does not parse: candidate line {line}: "
                                       f"{parsed.syntax_error.split(': ', 1)[-1]}", metrics)
@@ -498,8 +500,7 @@ def build_check(candidate: Candidate, reply: Optional[Dict[str, Any]], error: st
             log_path.write_text(log)
         except OSError:
             log_path = Path("(not written)")
-        errors = map_compiler_errors(parse_errors(log), b.get("sources") or {}, b.get("build_dir", ""), parsed,
-                                     candidate.line_offset)
+        errors = map_compiler_errors(parse_errors(log), b.get("sources") or {}, b.get("build_dir", ""), parsed)
         first = "; ".join(errors[:3]) if errors else " ".join(log.split())[:300]
         return Check("build", "fail", f"{origin}inline extension {b.get('name')!r} failed to build: {first}; "
                                       f"full log: {log_path}", metrics)

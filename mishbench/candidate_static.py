@@ -51,16 +51,21 @@ DEPRECATED_PY = {
 
 
 class Parsed:
-    """The source, its AST (None on a syntax error) and the error."""
+    """The source, its AST (None on a syntax error) and the error.
 
-    def __init__(self, source: str):
+    line_offset: the candidate-file line where `source` starts, minus 1 (a code block of a markdown answer):
+    every line number in the AST and in the findings is then a line of the file the user gave."""
+
+    def __init__(self, source: str, line_offset: int = 0):
         self.source = source
         self.tree: Optional[ast.Module] = None
         self.syntax_error = ""
         try:
             self.tree = ast.parse(source)
+            if line_offset:
+                ast.increment_lineno(self.tree, line_offset)
         except SyntaxError as exc:
-            self.syntax_error = f"line {exc.lineno}: SyntaxError: {exc.msg}"
+            self.syntax_error = f"line {(exc.lineno or 0) + line_offset}: SyntaxError: {exc.msg}"
 
     def strings(self) -> List[Tuple[int, str]]:
         """(first line, value) of every string constant of 40+ characters: inline C++/CUDA lives here."""
@@ -362,11 +367,10 @@ def static_checks(parsed: Parsed) -> List[Check]:
 
 
 # --------------------------------------------------------------------------------- compiler errors
-def map_compiler_errors(errors: List[str], sources: Dict[str, str], build_dir: str, parsed: Parsed,
-                        offset: int = 0) -> List[str]:
+def map_compiler_errors(errors: List[str], sources: Dict[str, str], build_dir: str, parsed: Parsed) -> List[str]:
     """'…/cuda.cu:14: msg' -> 'candidate line 52 (cuda.cu:14): msg' where the inline source string that
-    load_inline wrote into that generated file is a string constant of the candidate file. `offset` is the
-    line in the candidate file where the extracted code block starts (markdown answers)."""
+    load_inline wrote into that generated file is a string constant of the candidate file (`parsed` carries
+    the line offset of a markdown answer's code block)."""
     out = []
     consts = parsed.strings()
     for err in errors:
@@ -377,7 +381,7 @@ def map_compiler_errors(errors: List[str], sources: Dict[str, str], build_dir: s
         fname, line, msg = m.group("file"), int(m.group("line")), m.group("msg")
         mapped = _map_line(Path(build_dir) / Path(fname).name if build_dir else Path(fname), line, consts)
         short = f"{Path(fname).name}:{line}"
-        out.append(f"candidate line {mapped + offset} ({short}): {msg}" if mapped else f"{short}: {msg}")
+        out.append(f"candidate line {mapped} ({short}): {msg}" if mapped else f"{short}: {msg}")
     return out
 
 

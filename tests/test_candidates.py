@@ -91,6 +91,28 @@ def test_answer_says_which_block_was_taken():
     assert "block 2 of 2 (lines 13-24)" in build.detail, build.detail
 
 
+def test_answer_findings_use_the_answer_files_line_numbers(tmp_path):
+    """Static findings, import-time errors and syntax errors of a markdown answer all name lines of the
+    answer file, not of its code block (the block starts at line 7 here)."""
+    body = ("import numpy\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
+            "raise RuntimeError('boom at import')\n\n\nclass ModelNew(nn.Module):\n"
+            "    def __init__(self, in_features, out_features):\n        super().__init__()\n"
+            "        self.linear = nn.Linear(in_features, out_features)\n\n"
+            "    def forward(self, x):\n        return F.mish(F.mish(self.linear(x)))\n")
+    f = tmp_path / "answer.md"
+    f.write_text("Some prose.\n\nline 3\nline 4\n\n```python\n" + body + "```\n")
+    report = cand.verify_candidate(f, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE,
+                                   limits=cand.Limits(call_s=60, load_s=600))
+    details = {c.name: c.detail for c in report.checks}
+    assert "numpy (line 7)" in details["static_imports"], details["static_imports"]
+    assert "line 11" in details["build"] and "boom at import" in details["build"], details["build"]
+    broken = tmp_path / "broken.md"
+    broken.write_text("prose\n\n```python\nimport torch\n\nclass ModelNew(:\n    pass\n```\n")
+    build = next(c for c in cand.verify_candidate(broken, torch.device("cpu"), torch.float32, seed=SEED,
+                                                   sizes=SIZE).checks if c.name == "build")
+    assert "candidate line 6" in build.detail, build.detail
+
+
 @pytest.mark.parametrize("text,why", [
     ("no code at all", "none of its 0"),
     ("```python\ndef forward(x):\n    return x\n```\n", "none of its 1"),
