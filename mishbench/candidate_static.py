@@ -316,12 +316,13 @@ def check_fallback(parsed: Parsed) -> Check:
         return Check(name, "skip", f"not parsed ({parsed.syntax_error})")
     aliases = _aliases(parsed.tree)
     kernels = _kernel_names(parsed.tree, aliases)
+    wrappers = _kernel_wrappers(parsed.tree, kernels, aliases)
     hits = []
     for node in ast.walk(parsed.tree):
         if not isinstance(node, ast.Try) or not node.handlers:
             continue
         body_calls = [c for stmt in node.body for c in ast.walk(stmt) if isinstance(c, ast.Call)]
-        if not any(_is_kernel_call(c, kernels, aliases) for c in body_calls):
+        if not any(_is_kernel_call(c, kernels, aliases) or _calls_one_of(c, wrappers) for c in body_calls):
             continue
         for handler in node.handlers:
             if all(isinstance(s, ast.Raise) for s in handler.body):
@@ -352,6 +353,36 @@ def _kernel_names(tree: ast.Module, aliases: Dict[str, str]) -> Set[str]:
                 if "triton" in _resolve(dotted(d), aliases):
                     names.add(node.name)
     return names
+
+
+def _kernel_wrappers(tree: ast.Module, kernels: Set[str], aliases: Dict[str, str]) -> Set[str]:
+    """Names of the functions and methods that call a custom kernel, directly or through one another
+    (`self._fused(x)` whose body calls torch.ops...): a try around them hides the kernel just the same."""
+    defs: Dict[str, List[ast.AST]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            defs.setdefault(node.name, []).append(node)
+    wrappers: Set[str] = set()
+    grew = True
+    while grew:  # to a fixed point: wrappers of wrappers
+        grew = False
+        for fname, nodes in defs.items():
+            if fname in wrappers:
+                continue
+            calls = [c for n in nodes for c in ast.walk(n) if isinstance(c, ast.Call)]
+            if any(_is_kernel_call(c, kernels, aliases) or _calls_one_of(c, wrappers) for c in calls):
+                wrappers.add(fname)
+                grew = True
+    return wrappers
+
+
+def _calls_one_of(call: ast.Call, names: Set[str]) -> bool:
+    """f(...) or self.f(...) / cls.f(...) with f in names."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id in names
+    return (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+            and func.value.id in ("self", "cls") and func.attr in names)
 
 
 def _is_kernel_call(call: ast.Call, kernels: Set[str], aliases: Dict[str, str]) -> bool:

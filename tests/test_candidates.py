@@ -241,6 +241,16 @@ def test_static_imports_and_fallback():
     assert check_fallback(Parsed(fb)).status == "warn"
     honest = fb.replace("return x.relu()", "raise")
     assert check_fallback(Parsed(honest)).status == "pass"
+    # Through helper methods: the try calls self._fused, which calls self._op, which calls torch.ops.
+    helper = ("import torch\nimport torch.nn.functional as F\n\nclass ModelNew(torch.nn.Module):\n"
+              "    def _op(self, x):\n        return torch.ops.myext.fused(x)\n\n"
+              "    def _fused(self, x):\n        return self._op(x)\n\n"
+              "    def forward(self, x):\n        try:\n            return self._fused(x)\n"
+              "        except Exception:\n            return F.mish(x)\n")
+    found = check_fallback(Parsed(helper))
+    assert found.status == "warn" and "line 12" in found.detail, found.detail
+    plain = helper.replace("torch.ops.myext.fused(x)", "F.mish(x)")  # no kernel anywhere: nothing hidden
+    assert check_fallback(Parsed(plain)).status == "pass"
 
 
 def _nvcc_matches_torch() -> bool:
