@@ -1,15 +1,18 @@
-// Argument checks shared by the CUDA and CPU kernels of the mishbench ops, in the style of flash-attention's
-// flash_api.cpp: every message names the argument and the value it got. Checks that depend on the device
-// (is it a CUDA tensor?) stay with that device's kernels.
+// Host code shared by the CUDA and CPU kernels of the mishbench ops: argument checks in the style of
+// flash-attention's flash_api.cpp (every message names the argument and the value it got), the output
+// shape, and linear_mish_mish_fwd's pair of outputs. Checks that depend on the device (is it a CUDA
+// tensor?) stay with that device's kernels.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
 #include <array>
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "msg.h"
@@ -102,6 +105,22 @@ inline Precision check_bwd_args(const at::Tensor& grad_y, const at::Tensor& z, c
   TORCH_CHECK(grad_y.sizes() == z.sizes(), "mishbench: grad_y must have the shape of z ", shape(z.sizes()),
               ", got ", shape(grad_y.sizes()));
   return checked_precision(precision, x.scalar_type());
+}
+
+// A device's forward: y = mish(mish(x·Wᵀ + b)), and the pre-activation z into *z_out unless z_out is null
+// (then z is never allocated: the plain op's path).
+using ForwardInto = at::Tensor (*)(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                   c10::string_view precision, at::Tensor* z_out);
+
+// linear_mish_mish_fwd's outputs from a device's forward: (y, z) with save_z, else (y, an empty tensor) as
+// the schema's second output.
+inline std::tuple<at::Tensor, at::Tensor> fwd_outputs(ForwardInto forward_into, const at::Tensor& x,
+                                                      const at::Tensor& weight, const at::Tensor& bias,
+                                                      c10::string_view precision, bool save_z) {
+  if (!save_z) return {forward_into(x, weight, bias, precision, nullptr), at::empty({0}, x.options())};
+  at::Tensor z;
+  at::Tensor y = forward_into(x, weight, bias, precision, &z);
+  return {y, z};
 }
 
 // Rows of the flattened batch: the product of x's leading dims (1 for a 1-D x).

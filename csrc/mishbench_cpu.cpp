@@ -39,10 +39,7 @@ at::Tensor forward_into(const at::Tensor& x, const at::Tensor& weight, const at:
 std::tuple<at::Tensor, at::Tensor> linear_mish_mish_fwd_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                              const at::Tensor& bias, c10::string_view precision,
                                                              bool save_z) {
-  if (!save_z) return {forward_into(x, weight, bias, precision, nullptr), at::empty({0}, x.options())};
-  at::Tensor z;
-  at::Tensor y = forward_into(x, weight, bias, precision, &z);
-  return {y, z};
+  return fwd_outputs(&forward_into, x, weight, bias, precision, save_z);
 }
 
 at::Tensor linear_mish_mish_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
