@@ -139,7 +139,7 @@ class _CompositeLinearMishMish(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------
 # The extension: loaded once, on first use with a CUDA tensor; one warning if it cannot be had.
 # ---------------------------------------------------------------------------------------------------------
-_ext_state = {"tried": False, "ok": False, "reason": None, "op": None, "fast": None}
+_ext_state = {"tried": False, "ok": False, "reason": None, "op": None, "fast": None, "fakes": False}
 
 # The fast path's guards (see linear_mish_mish). torch.compiler.is_compiling is public from torch 2.3; before
 # that the fast path stays off and every call takes the OpOverload, which dynamo traces.
@@ -265,7 +265,7 @@ def _autocast_dtype(device_type: str) -> torch.dtype:
 def register_fakes() -> None:
     """Shape functions for torch.compile / FakeTensor (torch >= 2.4; a no-op before, and after the first
     call). Autograd is registered in C++. Needs the extension loaded (its schemas)."""
-    if not HAS_TORCH_LIBRARY_FAKE or _ext_state.get("fakes"):
+    if not HAS_TORCH_LIBRARY_FAKE or _ext_state["fakes"]:
         return
     _ext_state["fakes"] = True
     lib = "mishbench::"
