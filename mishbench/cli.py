@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from .console import console, print_mapping, print_report, usage_error
+from mishbench.console import console, print_mapping, print_report, usage_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Verify and benchmark a fused Linear -> Mish -> Mish CUDA op (KernelBench L2/29).")
@@ -24,7 +24,7 @@ def _usage(message: str) -> "typer.Exit":
 
 
 def _dtype(name: str):
-    from .precision import parse_dtype
+    from mishbench.op.precision import parse_dtype
     try:
         return parse_dtype(name)
     except ValueError as exc:
@@ -32,7 +32,7 @@ def _dtype(name: str):
 
 
 def _precision(precision: Optional[str], dtype) -> Optional[str]:
-    from .precision import check_combination
+    from mishbench.op.precision import check_combination
     try:
         check_combination(precision, dtype)
     except ValueError as exc:
@@ -41,7 +41,7 @@ def _precision(precision: Optional[str], dtype) -> Optional[str]:
 
 
 def _sizes(sizes: Optional[List[str]], preset: Optional[str] = None):
-    from .shapes import parse_preset, parse_sizes
+    from mishbench.shapes import parse_preset, parse_sizes
     try:
         out = parse_sizes(sizes or [])
         if preset:
@@ -52,7 +52,7 @@ def _sizes(sizes: Optional[List[str]], preset: Optional[str] = None):
 
 
 def _device(name: str):
-    from .verify import resolve_device
+    from mishbench.verify.core import resolve_device
     try:
         return resolve_device(name)
     except ValueError as exc:
@@ -83,7 +83,8 @@ def _writable_file(path: Optional[Path], flag: str) -> Optional[Path]:
 @app.command()
 def info():
     """GPU, driver, CUDA runtime, nvcc, torch, Python, arch list and extension build status."""
-    from . import build, envinfo
+    from mishbench.op import build
+    from mishbench import envinfo
     rows = envinfo.describe()
     status = build.status()
     rows.update({f"extension {k}": str(v) for k, v in status.items()})
@@ -95,7 +96,7 @@ def build_cmd(arch: Optional[str] = typer.Option(None, help='CUDA archs, e.g. "8
               force: bool = typer.Option(False, "--force", help="rebuild even if cached"),
               verbose: bool = typer.Option(False, "--verbose", help="show the compiler's output")):
     """Compile csrc/ into the extension cache (works with nvcc and no GPU when --arch is given)."""
-    from . import build
+    from mishbench.op import build
     try:
         with console.status("building the CUDA extension…") as spinner:
             result = build.build(arch=arch, force=force, verbose=verbose,
@@ -151,22 +152,23 @@ def verify(device: str = typer.Option("auto", help="auto | cpu | cuda"),
 
 
 def _verify_report(dev, torch_dtype, precision, size_list, candidate, distributed, seed):
-    from . import verify as verify_mod
+    from mishbench.verify import core as verify_mod
     progress = None
     with console.status("verifying…") as spinner:
         progress = lambda name: spinner.update(f"verifying: {name}")  # noqa: E731
         if candidate is not None:
-            from . import candidate as candidate_mod
+            from mishbench.candidate.source import CandidateUsageError
+            from mishbench.verify.candidate import verify_candidate
             try:
-                report = candidate_mod.verify_candidate(candidate, dev, torch_dtype, precision, seed=seed,
-                                                        sizes=size_list or None, progress=progress)
-            except candidate_mod.CandidateUsageError as exc:
+                report = verify_candidate(candidate, dev, torch_dtype, precision, seed=seed,
+                                          sizes=size_list or None, progress=progress)
+            except CandidateUsageError as exc:
                 raise _usage(f"--candidate: {exc}") from None
         else:
             report = verify_mod.verify(dev, torch_dtype, precision, seed=seed, sizes=size_list or None,
                                        progress=progress)
         if distributed:
-            from . import distributed as dist_mod
+            from mishbench.verify import distributed as dist_mod
             try:
                 for check in dist_mod.distributed_checks(distributed, dev, torch_dtype, precision, report.seed,
                                                          progress=progress):
@@ -193,7 +195,8 @@ def bench(sizes: Optional[List[str]] = typer.Option(None, "--sizes", help="BxKxN
           resume: bool = typer.Option(False, "--resume", help="skip rows already in --out"),
           out: Optional[Path] = typer.Option(None, help="CSV to append rows to (default results/<timestamp>.csv)")):
     """Time Model (eager, torch.compile) and ModelNew with CUDA events; append rows to a CSV."""
-    from . import bench as bench_mod
+    from mishbench.bench import plan as plan_mod
+    from mishbench.bench.run import run_bench
     torch_dtype = _dtype(dtype)
     precision = _precision(precision, torch_dtype)
     if sizes and preset:
@@ -208,14 +211,14 @@ def bench(sizes: Optional[List[str]] = typer.Option(None, "--sizes", help="BxKxN
     if distributed < 0:
         raise _usage(f"--distributed: must be >= 0, got {distributed}")
     try:
-        base = bench_mod.parse_baselines(baselines, preset or ("custom" if sizes else "kernelbench"))
+        base = plan_mod.parse_baselines(baselines, preset or ("custom" if sizes else "kernelbench"))
     except ValueError as exc:
         raise _usage(f"--baselines: {exc}") from None
-    opts = bench_mod.BenchOptions(sizes=size_list, dtype=torch_dtype, precision=precision,
-                                  modes=["fwd", "fwd_bwd"] if mode == "all" else [mode], baselines=base,
-                                  warmup=warmup, iters=max(iters, 1), candidate=candidate,
-                                  distributed=distributed, resume=resume, out=out or default_results_path())
-    raise typer.Exit(bench_mod.run_bench(opts, console))
+    opts = plan_mod.BenchOptions(sizes=size_list, dtype=torch_dtype, precision=precision,
+                                 modes=["fwd", "fwd_bwd"] if mode == "all" else [mode], baselines=base,
+                                 warmup=warmup, iters=max(iters, 1), candidate=candidate,
+                                 distributed=distributed, resume=resume, out=out or default_results_path())
+    raise typer.Exit(run_bench(opts, console))
 
 
 @app.command()
@@ -224,7 +227,7 @@ def report(csvs: List[Path] = typer.Argument(None, help="result CSVs (default: r
            csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the merged table as CSV"),
            plot: Optional[Path] = typer.Option(None, help="write speedup and TFLOP/s plots (PNG)")):
     """Merge result CSVs into one table: one row per shape × mode, providers as columns."""
-    from . import report as report_mod
+    from mishbench.report import core as report_mod
     paths = list(csvs or sorted(Path("results").glob("*.csv")))
     if not paths:
         raise _usage("no result CSVs given and none under results/")
@@ -252,12 +255,14 @@ def run():
     dev = _device("cuda")
     rep = _verify_report(dev, torch.float32, None, [], None, 0, None)
     print_report(rep)
-    from . import bench as bench_mod, report as report_mod
+    from mishbench.bench.plan import BenchOptions, parse_baselines
+    from mishbench.bench.run import run_bench
+    from mishbench.report import core as report_mod
     out = default_results_path()
-    opts = bench_mod.BenchOptions(sizes=_sizes(None, "kernelbench"), dtype=torch.float32, precision=None,
-                                  modes=["fwd", "fwd_bwd"], baselines=bench_mod.parse_baselines(None, "kernelbench"),
-                                  warmup=10, iters=30, candidate=None, distributed=0, resume=False, out=out)
-    code = bench_mod.run_bench(opts, console)
+    opts = BenchOptions(sizes=_sizes(None, "kernelbench"), dtype=torch.float32, precision=None,
+                        modes=["fwd", "fwd_bwd"], baselines=parse_baselines(None, "kernelbench"),
+                        warmup=10, iters=30, candidate=None, distributed=0, resume=False, out=out)
+    code = run_bench(opts, console)
     if out.exists():
         report_mod.run_report([out], markdown=False, csv_out=None, plot=None, console=console)
     raise typer.Exit(1 if (code or not rep.ok) else 0)

@@ -5,7 +5,7 @@ from typing import Dict
 from rich.console import Console
 from rich.table import Table
 
-from .checks import Report
+from mishbench.schema import Report
 
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "error": "bold red", "warn": "yellow", "skip": "dim"}
 

@@ -9,9 +9,9 @@ from typing import Dict, Optional
 
 import torch
 
-from . import __version__
+from mishbench import __version__
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(cmd, cwd=None) -> Optional[str]:

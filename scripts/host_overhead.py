@@ -23,10 +23,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `mishbench`
 
-from mishbench import build, ops  # noqa: E402
-from mishbench.model import ModelNew  # noqa: E402
-from mishbench.precision import resolve_precision  # noqa: E402
-from mishbench.reference import Model  # noqa: E402
+from mishbench.op import build
+
+from mishbench.op import ops  # noqa: E402
+from mishbench.op.model import ModelNew  # noqa: E402
+from mishbench.op.precision import resolve_precision  # noqa: E402
+from mishbench.op.reference import Model  # noqa: E402
 from mishbench.shapes import parse_sizes  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `mishbench`
 
-from mishbench import ops  # noqa: E402
+from mishbench.op import ops  # noqa: E402
 
 MODES = {"3xtf32": (torch.float32, "3xtf32"), "tf32": (torch.float32, "tf32"), "bf16": (torch.bfloat16, "native")}
 

@@ -145,7 +145,7 @@ def main() -> int:
         print("tc_selftest: needs a CUDA GPU", file=sys.stderr)
         return 1
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python scripts/...
-    from mishbench import build
+    from mishbench.op import build
     if build.load() is None:
         print(f"tc_selftest: extension not loaded: {build.status().get('reason')}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ def built_extension(tmp_path_factory):
     import os
     from pathlib import Path
 
-    from mishbench import build as mb
+    from mishbench.op import build as mb
 
     home = mb.resolve_cuda_home()
     if home is None or not (Path(home) / "bin" / "nvcc").exists():

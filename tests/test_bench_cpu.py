@@ -8,7 +8,11 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mishbench import bench, csvschema, timing
+from mishbench.bench import local, plan, providers, sink
+
+from mishbench import schema as csvschema
+
+from mishbench import clock as timing
 from mishbench.cli import app
 from mishbench.shapes import Size
 
@@ -17,7 +21,7 @@ from cli_helpers import cli_output
 DESIGN_COLUMNS = """run_id, timestamp, git_sha, gpu, driver, torch, cuda, world_size, impl, mode, dtype, precision,
 accuracy_class, batch, in_features, out_features, median_ms, p20_ms, p80_ms, iters, tflops, pct_of_peak,
 speedup_vs_eager, speedup_vs_compile, speedup_vs_fp32_eager, rel_err, compile_s, peak_mem_mb, seed,
-candidate_sha256, status"""
+candidate_sha256, status, route"""
 
 CPU = torch.device("cpu")
 
@@ -26,16 +30,16 @@ CPU = torch.device("cpu")
 # Parsing
 # ---------------------------------------------------------------------------------------------------------
 def test_parse_baselines_defaults_and_errors():
-    assert bench.parse_baselines(None, "kernelbench") == ["eager", "compile"]
-    assert bench.parse_baselines(None, "small") == ["eager", "compile"]
-    assert bench.parse_baselines(None, "custom") == ["eager", "compile"]
-    assert bench.parse_baselines(None, "sweep") == ["eager"]
-    assert bench.parse_baselines("compile-max, eager,compile-max", "sweep") == ["compile-max", "eager"]
-    assert bench.parse_baselines("compile", "sweep") == ["eager", "compile"]  # eager is always the baseline
+    assert plan.parse_baselines(None, "kernelbench") == ["eager", "compile"]
+    assert plan.parse_baselines(None, "small") == ["eager", "compile"]
+    assert plan.parse_baselines(None, "custom") == ["eager", "compile"]
+    assert plan.parse_baselines(None, "sweep") == ["eager"]
+    assert plan.parse_baselines("compile-max, eager,compile-max", "sweep") == ["compile-max", "eager"]
+    assert plan.parse_baselines("compile", "sweep") == ["eager", "compile"]  # eager is always the baseline
     with pytest.raises(ValueError, match="'fast'"):
-        bench.parse_baselines("eager,fast", "kernelbench")
+        plan.parse_baselines("eager,fast", "kernelbench")
     with pytest.raises(ValueError, match="empty"):
-        bench.parse_baselines("eager,,compile", "kernelbench")
+        plan.parse_baselines("eager,,compile", "kernelbench")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -100,7 +104,7 @@ def opts_for(tmp_path, sizes=(Size(8, 16, 12),), modes=("fwd",), baselines=("eag
                 baselines=list(baselines), warmup=1, iters=5, out=tmp_path / "r.csv", seed=7, warmup_ms=0.0,
                 max_iters=30, input_sets=2)
     base.update(kw)
-    return bench.BenchOptions(**base)
+    return plan.BenchOptions(**base)
 
 
 def run_cpu(opts, **kw):
@@ -108,7 +112,7 @@ def run_cpu(opts, **kw):
     console = Console(file=out, width=250)
     kw.setdefault("timer", timing.time_cpu)
     kw.setdefault("peak_fn", lambda kind: 1.0)
-    code = bench.run_guarded(opts, console, CPU, **kw)
+    code = local.run_guarded(opts, console, CPU, **kw)
     return code, out.getvalue()
 
 
@@ -122,7 +126,7 @@ def test_cpu_run_writes_every_column_and_speedups(tmp_path):
     assert len({r["run_id"] for r in rows}) == 1
     for r in rows:
         assert r["status"] == "ok" and r["precision"] == "ieee" and r["accuracy_class"] == "fp32"
-        assert int(r["iters"]) >= bench.MIN_ITERS
+        assert int(r["iters"]) >= plan.MIN_ITERS
         assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
         assert float(r["rel_err"]) < 1e-5 and r["seed"] == "7" and r["world_size"] == "1"
         assert r["tflops"] and r["pct_of_peak"] and r["speedup_vs_eager"] and r["speedup_vs_fp32_eager"]
@@ -136,7 +140,7 @@ def test_cpu_run_writes_every_column_and_speedups(tmp_path):
 
 
 def test_compile_baseline_runs_the_compiled_graph(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "_COMPILE_BACKEND", "eager")  # dynamo without a C++/Triton toolchain
+    monkeypatch.setattr(providers, "COMPILE_BACKEND", "eager")  # dynamo without a C++/Triton toolchain
     opts = opts_for(tmp_path, baselines=("eager", "compile"))
     code, text = run_cpu(opts)
     assert code == 0, text
@@ -147,8 +151,8 @@ def test_compile_baseline_runs_the_compiled_graph(tmp_path, monkeypatch):
 
 
 def test_compile_fallback_to_eager_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "_COMPILE_BACKEND", "eager")
-    monkeypatch.setattr(bench, "_compile", lambda module, impl: module)  # "compiled" but dynamo never ran
+    monkeypatch.setattr(providers, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(local, "compile_module", lambda module, impl: module)  # "compiled" but dynamo never ran
     opts = opts_for(tmp_path, baselines=("eager", "compile"))
     code, text = run_cpu(opts)
     rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
@@ -158,21 +162,21 @@ def test_compile_fallback_to_eager_is_an_error(tmp_path, monkeypatch):
 
 
 def test_recompile_during_timing_is_an_error(monkeypatch):
-    watch = bench.CompileWatch()
+    watch = providers.CompileWatch()
     state = {"graphs": 1, "frames": 1}
-    monkeypatch.setattr(bench.CompileWatch, "_counters", staticmethod(lambda: (state["graphs"], state["frames"])))
+    monkeypatch.setattr(providers.CompileWatch, "_counters", staticmethod(lambda: (state["graphs"], state["frames"])))
     watch.before_first_call()
     state["graphs"] = 2
     watch.after_first_call()
     watch.freeze()
     watch.check()
     state["frames"] = 3
-    with pytest.raises(bench.ProviderFailed, match="2 frame"):
+    with pytest.raises(providers.ProviderFailed, match="2 frame"):
         watch.check()
 
 
 def _fail_for(impl, exc_factory, when=lambda inputs: True):
-    original = bench.Provider.call
+    original = providers.Provider.call
 
     def call(self, inputs):
         if self.spec.impl == impl and when(inputs):
@@ -182,7 +186,7 @@ def _fail_for(impl, exc_factory, when=lambda inputs: True):
 
 
 def test_real_oom_marks_the_row_and_the_run_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench.Provider, "call",
+    monkeypatch.setattr(providers.Provider, "call",
                         _fail_for("composite", lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried")))
     opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), Size(3, 5, 7)))
     code, text = run_cpu(opts)
@@ -196,7 +200,7 @@ def test_real_oom_marks_the_row_and_the_run_goes_on(tmp_path, monkeypatch):
 def test_estimated_oom_is_not_tried(tmp_path, monkeypatch):
     def never(*a, **k):
         raise AssertionError("a provider was built for a size that cannot fit")
-    monkeypatch.setattr(bench._Run, "_build", never)
+    monkeypatch.setattr(local.LocalRun, "_build", never)
     opts = opts_for(tmp_path)
     code, text = run_cpu(opts, free_memory=lambda: 1024)
     rows = csvschema.read_rows(opts.out)
@@ -206,14 +210,14 @@ def test_estimated_oom_is_not_tried(tmp_path, monkeypatch):
 
 def test_estimate_bytes_is_sane():
     kb = Size(1024, 8192, 8192)
-    fwd = bench.estimate_bytes(kb, "fwd", torch.float32, 3, 3, flush=100 * 2**20)
-    bwd = bench.estimate_bytes(kb, "fwd_bwd", torch.float32, 3, 3, flush=100 * 2**20)
+    fwd = providers.estimate_bytes(kb, "fwd", torch.float32, 3, 3, flush=100 * 2**20)
+    bwd = providers.estimate_bytes(kb, "fwd_bwd", torch.float32, 3, 3, flush=100 * 2**20)
     assert 2**30 < fwd < bwd < 16 * 2**30
-    assert bench.estimate_bytes(kb, "fwd", torch.bfloat16, 3, 3) < fwd
+    assert providers.estimate_bytes(kb, "fwd", torch.bfloat16, 3, 3) < fwd
 
 
 def test_other_errors_mark_the_row_and_fail_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench.Provider, "call", _fail_for("composite", lambda: RuntimeError("illegal address")))
+    monkeypatch.setattr(providers.Provider, "call", _fail_for("composite", lambda: RuntimeError("illegal address")))
     opts = opts_for(tmp_path)
     code, text = run_cpu(opts)
     rows = csvschema.read_rows(opts.out)
@@ -222,12 +226,12 @@ def test_other_errors_mark_the_row_and_fail_the_run(tmp_path, monkeypatch):
 
 
 def test_mismatch_is_not_timed_and_gets_no_speedup(tmp_path, monkeypatch):
-    original = bench.Provider.outputs
+    original = providers.Provider.outputs
 
     def outputs(self, inputs):
         y, grads = original(self, inputs)
         return (y * 1.01 if self.spec.impl == "composite" else y), grads
-    monkeypatch.setattr(bench.Provider, "outputs", outputs)
+    monkeypatch.setattr(providers.Provider, "outputs", outputs)
     opts = opts_for(tmp_path)
     code, text = run_cpu(opts)
     rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
@@ -239,10 +243,10 @@ def test_mismatch_is_not_timed_and_gets_no_speedup(tmp_path, monkeypatch):
 
 def test_interrupt_keeps_finished_rows(tmp_path, monkeypatch):
     second = lambda inputs: inputs.x.shape == (3, 5)  # noqa: E731
-    monkeypatch.setattr(bench.Provider, "call", _fail_for("composite", KeyboardInterrupt, when=second))
+    monkeypatch.setattr(providers.Provider, "call", _fail_for("composite", KeyboardInterrupt, when=second))
     opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), Size(3, 5, 7)))
     code, text = run_cpu(opts)
-    assert code == bench.INTERRUPTED
+    assert code == plan.INTERRUPTED
     rows = csvschema.read_rows(opts.out)
     assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [("8", "eager", "ok"), ("8", "composite", "ok")]
     assert "interrupted: 2 finished row(s) kept" in text and "Traceback" not in text
@@ -267,7 +271,7 @@ def test_foreign_out_file_is_a_usage_error(tmp_path):
 
 def test_tf32_mode_also_measures_strict_fp32_eager(tmp_path, monkeypatch):
     # On the CPU every fp32 mode computes plain fp32; pretend the run resolved to tf32 to drive the plan.
-    monkeypatch.setattr(bench, "resolve_precision", lambda precision, dtype, device: "tf32")
+    monkeypatch.setattr(plan, "resolve_precision", lambda precision, dtype, device: "tf32")
     opts = opts_for(tmp_path, precision="tf32")
     code, text = run_cpu(opts)
     assert code == 0, text
@@ -293,7 +297,7 @@ def test_half_types_have_no_fp32_eager_speedup(tmp_path):
 def test_candidate_module_missing_is_a_clean_error(tmp_path, monkeypatch):
     cand = tmp_path / "cand.py"
     cand.write_text("class ModelNew: pass\n")
-    monkeypatch.setitem(sys.modules, "mishbench.candidate", None)  # import fails
+    monkeypatch.setitem(sys.modules, "mishbench.candidate.measure", None)  # import fails
     code, text = run_cpu(opts_for(tmp_path, candidate=cand))
     assert code == 1 and "candidates module" in text
 
@@ -344,7 +348,7 @@ def fake_candidate(tmp_path, monkeypatch):
 
     def factory(*a, **k):
         return FakeCandidateBench(*a, **dict(k, **kwargs))
-    monkeypatch.setitem(sys.modules, "mishbench.candidate", types.SimpleNamespace(CandidateBench=factory))
+    monkeypatch.setitem(sys.modules, "mishbench.candidate.measure", types.SimpleNamespace(CandidateBench=factory))
     return cand, kwargs.update
 
 
@@ -364,12 +368,12 @@ def test_one_candidate_worker_for_the_whole_run(tmp_path, fake_candidate, monkey
     """Every case alternates baselines (here) and the candidate (its worker), through ONE worker."""
     cand, _ = fake_candidate
     order = []
-    original = bench._Run._measure_case
+    original = local.LocalRun._measure_case
 
     def measure_case(self, size, mode, rows, progress):
         order.append(("baselines", size, mode))
         return original(self, size, mode, rows, progress)
-    monkeypatch.setattr(bench._Run, "_measure_case", measure_case)
+    monkeypatch.setattr(local.LocalRun, "_measure_case", measure_case)
     sizes, modes = (Size(8, 16, 12), Size(3, 5, 7)), ("fwd", "fwd_bwd")
     opts = opts_for(tmp_path, sizes=sizes, modes=modes, candidate=cand)
     code, text = run_cpu(opts)
@@ -404,7 +408,7 @@ def test_interrupt_kills_the_candidate_worker_and_keeps_rows(tmp_path, fake_cand
     cand, configure = fake_candidate
     second = Size(3, 5, 7)
     if where == "baselines":
-        monkeypatch.setattr(bench.Provider, "call", _fail_for("eager", KeyboardInterrupt,
+        monkeypatch.setattr(providers.Provider, "call", _fail_for("eager", KeyboardInterrupt,
                                                               when=lambda inputs: inputs.x.shape == (3, 5)))
     else:
         def on_measure(size, mode):
@@ -413,7 +417,7 @@ def test_interrupt_kills_the_candidate_worker_and_keeps_rows(tmp_path, fake_cand
         configure(on_measure=on_measure)
     opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), second), candidate=cand)
     code, text = run_cpu(opts)
-    assert code == bench.INTERRUPTED, text
+    assert code == plan.INTERRUPTED, text
     (cb,) = FakeCandidateBench.made
     assert cb.events == ["open", "kill"]
     rows = csvschema.read_rows(opts.out)
@@ -427,7 +431,7 @@ def test_candidate_worker_is_closed_when_the_run_fails(tmp_path, fake_candidate,
 
     def boom(*a, **k):
         raise RuntimeError("the CSV went away")
-    monkeypatch.setattr(bench, "append_rows", lambda path, rows: boom() if rows else 0)
+    monkeypatch.setattr(sink, "append_rows", lambda path, rows: boom() if rows else 0)
     with pytest.raises(RuntimeError, match="CSV went away"):
         run_cpu(opts_for(tmp_path, candidate=cand))
     (cb,) = FakeCandidateBench.made
@@ -441,3 +445,24 @@ def test_resumed_run_with_nothing_to_do_starts_no_worker(tmp_path, fake_candidat
     code, text = run_cpu(opts_for(tmp_path, candidate=cand, resume=True))
     assert code == 0 and "1 case(s) already in" in text, text
     assert [cb.events for cb in FakeCandidateBench.made] == [["open", "close"], []]
+
+
+def test_older_header_loads_and_resume_upgrades_it(tmp_path):
+    """A file written before `route` existed loads with it empty; appending first rewrites the header,
+    keeping every row (DESIGN.md: columns are only ever added at the end)."""
+    path = tmp_path / "old.csv"
+    old = csvschema.COLUMNS[:-1]
+    row = csvschema.new_row(impl="eager", mode="fwd", batch=1, in_features=2, out_features=3, status="ok")
+    with open(path, "w") as f:
+        f.write(",".join(old) + "\n" + ",".join(str(row[c]) for c in old) + "\n")
+    rows = csvschema.read_rows(path)
+    assert len(rows) == 1 and rows[0]["route"] == "" and rows[0]["impl"] == "eager"
+    csvschema.append_rows(path, [csvschema.new_row(impl="mishbench", mode="fwd", batch=1, in_features=2,
+                                                   out_features=3, status="ok", route="simt")])
+    assert open(path).readline().strip().split(",") == csvschema.COLUMNS
+    rows = csvschema.read_rows(path)
+    assert [r["impl"] for r in rows] == ["eager", "mishbench"] and [r["route"] for r in rows] == ["", "simt"]
+    with open(tmp_path / "shuffled.csv", "w") as f:
+        f.write(",".join(reversed(csvschema.COLUMNS)) + "\n")
+    with pytest.raises(csvschema.CsvSchemaError, match="different order"):
+        csvschema.append_rows(tmp_path / "shuffled.csv", [])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mishbench import build as mb
+from mishbench.op import build as mb
 
 
 # ---------------------------------------------------------------------------------------- CUDA_HOME
@@ -118,8 +118,8 @@ def test_a_second_library_is_refused_not_loaded(tmp_path, monkeypatch):
         mb._import_so(target)
 
     monkeypatch.setenv("MISHBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(mb, "_find_toolkit", lambda: str(tmp_path / "cuda"))
-    monkeypatch.setattr(mb, "_cuda_version", lambda home: "12.0")
+    monkeypatch.setattr(mb, "find_toolkit", lambda: str(tmp_path / "cuda"))
+    monkeypatch.setattr(mb, "cuda_version", lambda home: "12.0")
     monkeypatch.setattr(cpp, "load", lambda *a, **k: pytest.fail("compiled and loaded a second library"))
     res = mb.build(arch="8.0", force=True)
     assert not res.ok and "one library only" in res.reason and str(other) in res.reason

@@ -18,9 +18,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mishbench import candidate as cand
-from mishbench import candidate_worker as cw
-from mishbench.candidate_static import Parsed, check_deprecated, check_fallback, check_imports
+from mishbench.candidate import measure, process, protocol, runner, source
+from mishbench.verify.candidate import verify_candidate
+from mishbench.candidate.static import Parsed, check_deprecated, check_fallback, check_imports
 from mishbench.cli import app
 from mishbench.shapes import Size
 
@@ -59,8 +59,8 @@ def failing(report) -> set:
     return bad
 
 
-def limits(h: dict) -> cand.Limits:
-    return cand.Limits(call_s=float(h.get("expect-timeout", 60)), load_s=600)
+def limits(h: dict) -> process.Limits:
+    return process.Limits(call_s=float(h.get("expect-timeout", 60)), load_s=600)
 
 
 CPU_FILES = sorted(p.name for p in HERE.iterdir()
@@ -71,7 +71,7 @@ CPU_FILES = sorted(p.name for p in HERE.iterdir()
 def test_candidate_on_cpu(name):
     path = HERE / name
     h = header(path)
-    report = cand.verify_candidate(path, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE, limits=limits(h))
+    report = verify_candidate(path, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE, limits=limits(h))
     details = {c.name: f"{c.status}: {c.detail}" for c in report.checks}
     assert failing(report) == names(h["expect"]), details
     for w in names(h.get("expect-warn", "")):
@@ -86,7 +86,7 @@ def test_candidate_on_cpu(name):
 
 
 def test_answer_says_which_block_was_taken():
-    report = cand.verify_candidate(HERE / "answer.md", torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE)
+    report = verify_candidate(HERE / "answer.md", torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE)
     build = next(c for c in report.checks if c.name == "build")
     assert "block 2 of 2 (lines 13-24)" in build.detail, build.detail
 
@@ -101,14 +101,14 @@ def test_answer_findings_use_the_answer_files_line_numbers(tmp_path):
             "    def forward(self, x):\n        return F.mish(F.mish(self.linear(x)))\n")
     f = tmp_path / "answer.md"
     f.write_text("Some prose.\n\nline 3\nline 4\n\n```python\n" + body + "```\n")
-    report = cand.verify_candidate(f, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE,
-                                   limits=cand.Limits(call_s=60, load_s=600))
+    report = verify_candidate(f, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE,
+                                   limits=process.Limits(call_s=60, load_s=600))
     details = {c.name: c.detail for c in report.checks}
     assert "numpy (line 7)" in details["static_imports"], details["static_imports"]
     assert "line 11" in details["build"] and "boom at import" in details["build"], details["build"]
     broken = tmp_path / "broken.md"
     broken.write_text("prose\n\n```python\nimport torch\n\nclass ModelNew(:\n    pass\n```\n")
-    build = next(c for c in cand.verify_candidate(broken, torch.device("cpu"), torch.float32, seed=SEED,
+    build = next(c for c in verify_candidate(broken, torch.device("cpu"), torch.float32, seed=SEED,
                                                    sizes=SIZE).checks if c.name == "build")
     assert "candidate line 6" in build.detail, build.detail
 
@@ -120,13 +120,13 @@ def test_answer_findings_use_the_answer_files_line_numbers(tmp_path):
 def test_answers_without_modelnew_are_usage_errors(tmp_path, text, why):
     f = tmp_path / "answer.md"
     f.write_text(text)
-    with pytest.raises(cand.CandidateUsageError, match=why):
-        cand.load_candidate(f)
-    with pytest.raises(cand.CandidateUsageError, match="defines no class ModelNew"):
+    with pytest.raises(source.CandidateUsageError, match=why):
+        source.load_candidate(f)
+    with pytest.raises(source.CandidateUsageError, match="defines no class ModelNew"):
         (tmp_path / "x.py").write_text("import torch\n")
-        cand.load_candidate(tmp_path / "x.py")
-    with pytest.raises(cand.CandidateUsageError, match="cannot read"):
-        cand.load_candidate(tmp_path / "missing.py")
+        source.load_candidate(tmp_path / "x.py")
+    with pytest.raises(source.CandidateUsageError, match="cannot read"):
+        source.load_candidate(tmp_path / "missing.py")
 
 
 def test_cli_exit_codes():
@@ -177,8 +177,8 @@ def test_processes_a_candidate_starts_do_not_outlive_the_run(tmp_path):
                  "        self.linear = nn.Linear(in_features, out_features)\n\n"
                  f"    def forward(self, x):\n        subprocess.Popen(['sleep', '{marker}'])\n"
                  "        raise RuntimeError('spawned a child, then failed')\n")
-    cand.verify_candidate(f, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE,
-                          limits=cand.Limits(call_s=60, load_s=600))
+    verify_candidate(f, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE,
+                          limits=process.Limits(call_s=60, load_s=600))
     deadline = time.time() + 5
     while _processes_with(marker) and time.time() < deadline:
         time.sleep(0.1)
@@ -191,7 +191,7 @@ def test_processes_a_candidate_starts_do_not_outlive_the_run(tmp_path):
 def test_worker_environment_is_scrubbed(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    env = cand.worker_env(str(tmp_path), torch.device("cuda"), "9.0", tmp_path / "ext")
+    env = process.worker_env(str(tmp_path), torch.device("cuda"), "9.0", tmp_path / "ext")
     assert "AWS_SECRET_ACCESS_KEY" not in env and env["HOME"] == str(tmp_path)
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["TORCH_CUDA_ARCH_LIST"] == "9.0"
     assert set(env) <= {"HOME", "TMPDIR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "TORCH_EXTENSIONS_DIR",
@@ -226,7 +226,7 @@ REF_INPUTS = ("def get_inputs():\n    return [torch.rand(batch_size, in_features
     ("(batch_size, in_features), out_features = (1, 2), 3\n", "", False),
 ])
 def test_static_inputs_unchanged_sees_every_binding(prefix, suffix, ok):
-    from mishbench.candidate_static import check_inputs_unchanged
+    from mishbench.candidate.static import check_inputs_unchanged
 
     check = check_inputs_unchanged(Parsed("import torch\n" + prefix + REF_INPUTS + suffix))
     assert (check.status == "pass") == ok, check.detail
@@ -254,11 +254,11 @@ def test_static_imports_and_fallback():
 
 
 def _nvcc_matches_torch() -> bool:
-    from mishbench.build import _cuda_version, resolve_cuda_home
+    from mishbench.op.toolchain import cuda_version, resolve_cuda_home
     home = resolve_cuda_home()
     if not home or not shutil.which("ninja") and not (Path(os.sys.executable).parent / "ninja").exists():
         return False
-    version = _cuda_version(home) or ""
+    version = cuda_version(home) or ""
     return bool(torch.version.cuda) and version.split(".")[0] == torch.version.cuda.split(".")[0]
 
 
@@ -272,7 +272,7 @@ needs_nvcc = pytest.mark.skipif(not _nvcc_matches_torch(),
 def test_cuda_candidate_compiles_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("covered by the cuda test on this machine")
-    report = cand.verify_candidate(HERE / "cuda_fused_ok.py", torch.device("cpu"), torch.float32, seed=SEED,
+    report = verify_candidate(HERE / "cuda_fused_ok.py", torch.device("cpu"), torch.float32, seed=SEED,
                                    sizes=SIZE)
     st = {c.name: c for c in report.checks}
     assert st["build"].status == "pass", st["build"].detail
@@ -284,7 +284,7 @@ def test_cuda_candidate_compiles_without_gpu():
 @pytest.mark.slow  # nvcc + torch headers: 1-4 min per build on 2 cores (cached after)
 @needs_nvcc
 def test_compile_error_maps_to_candidate_line():
-    report = cand.verify_candidate(HERE / "broken_compile.py", torch.device("cpu"), torch.float32, seed=SEED,
+    report = verify_candidate(HERE / "broken_compile.py", torch.device("cpu"), torch.float32, seed=SEED,
                                    sizes=SIZE)
     build = next(c for c in report.checks if c.name == "build")
     assert build.status == "fail", build.detail
@@ -300,7 +300,7 @@ GPU_FILES = sorted(p.name for p in HERE.iterdir() if header(p).get("expect", "")
 def test_candidate_on_gpu(name):
     path = HERE / name
     h = header(path)
-    report = cand.verify_candidate(path, torch.device("cuda"), torch.float32, seed=SEED,
+    report = verify_candidate(path, torch.device("cuda"), torch.float32, seed=SEED,
                                    sizes=[Size(1024, 8192, 8192)], limits=limits(h))
     details = "\n".join(f"{c.name}: {c.status}: {c.detail}" for c in report.checks if c.status in ("fail", "error"))
     assert failing(report) == names(h.get("expect-cuda", h["expect"])), details
@@ -332,23 +332,25 @@ def workers(monkeypatch):
     """Every WorkerProcess started, in order (a real process each)."""
     started = []
 
-    class Counted(cand.WorkerProcess):
+    class Counted(process.WorkerProcess):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             started.append(self)
-    monkeypatch.setattr(cand, "WorkerProcess", Counted)
+    monkeypatch.setattr(runner, "WorkerProcess", Counted)
     return started
 
 
 def _bench(tmp_path, candidate, sizes, modes=("fwd",)):
     import io
     from rich.console import Console
-    from mishbench import bench, csvschema, timing
-    opts = bench.BenchOptions(sizes=list(sizes), dtype=torch.float32, precision=None, modes=list(modes),
+    from mishbench.bench import local, plan, providers
+    from mishbench import schema as csvschema
+    from mishbench import clock as timing
+    opts = plan.BenchOptions(sizes=list(sizes), dtype=torch.float32, precision=None, modes=list(modes),
                               baselines=["eager"], warmup=1, iters=5, out=tmp_path / "r.csv", seed=7,
                               warmup_ms=0.0, max_iters=30, input_sets=1, candidate=candidate)
     out = io.StringIO()
-    code = bench.run_guarded(opts, Console(file=out, width=250), torch.device("cpu"), timer=timing.time_cpu,
+    code = local.run_guarded(opts, Console(file=out, width=250), torch.device("cpu"), timer=timing.time_cpu,
                              peak_fn=lambda kind: 1.0)
     return code, out.getvalue(), csvschema.read_rows(opts.out) if opts.out.exists() else []
 
@@ -377,7 +379,7 @@ def test_bench_runs_every_case_in_one_worker(tmp_path, workers):
 
 def test_bench_candidate_rows_use_one_worker(workers):
     sizes, modes = [Size(8, 16, 12), Size(5, 7, 3)], ["fwd", "fwd_bwd"]
-    rows = cand.bench_candidate_rows(HERE / "plain_pytorch.py", sizes, torch.float32, None, modes, warmup=1,
+    rows = measure.bench_candidate_rows(HERE / "plain_pytorch.py", sizes, torch.float32, None, modes, warmup=1,
                                      iters=30, seed=SEED, device=torch.device("cpu"))
     assert [(r["batch"], r["mode"], r["status"]) for r in rows] == [(s.batch, m, "ok") for s in sizes for m in modes]
     assert len(workers) == 1
@@ -416,24 +418,24 @@ def test_bench_candidate_that_does_not_load(tmp_path, workers, name, why):
 
 @pytest.mark.parametrize("where", ["baselines", "candidate"])
 def test_bench_interrupt_kills_the_worker(tmp_path, workers, monkeypatch, where):
-    from mishbench import bench
+    from mishbench.bench import local, plan, providers
     if where == "baselines":  # Ctrl-C while the harness times the second case's baselines
-        original = bench.Provider.call
+        original = providers.Provider.call
 
         def call(self, inputs):
             if inputs.x.shape[0] == 3:
                 raise KeyboardInterrupt
             return original(self, inputs)
-        monkeypatch.setattr(bench.Provider, "call", call)
+        monkeypatch.setattr(providers.Provider, "call", call)
     else:  # Ctrl-C while the harness waits for the worker's reply to the second case's timing request
-        original = cand.WorkerProcess.request
+        original = process.WorkerProcess.request
 
         def request(self, message, timeout):
             if message.get("op") == "time" and message["size"][0] == 3:
-                self._write(cw.encode(message), time.monotonic() + timeout)
+                self._write(protocol.encode(message), time.monotonic() + timeout)
                 raise KeyboardInterrupt
             return original(self, message, timeout)
-        monkeypatch.setattr(cand.WorkerProcess, "request", request)
+        monkeypatch.setattr(process.WorkerProcess, "request", request)
     code, text, rows = _bench(tmp_path, HERE / "plain_pytorch.py", [Size(8, 16, 12), Size(3, 5, 7)])
     assert code == 130, text
     assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [

@@ -3,9 +3,11 @@ serialization, inference_mode — on the CPU here (composite path), on the GPU w
 import pytest
 import torch
 
-from mishbench import ops, verify
-from mishbench.model import ModelNew
-from mishbench.reference import Model
+from mishbench.op import ops
+
+from mishbench.verify import core as verify
+from mishbench.op.model import ModelNew
+from mishbench.op.reference import Model
 
 HAS_COMPILE_CHECK = ops.HAS_TORCH_LIBRARY_FAKE  # torch >= 2.4
 

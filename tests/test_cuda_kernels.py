@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mishbench import ops
-from mishbench.metrics import error_bar, rel_err
-from mishbench.model import ModelNew
-from mishbench.precision import eager_matmul_mode
-from mishbench.reference import Model
+from mishbench.op import ops
+from mishbench.truth import error_bar, rel_err
+from mishbench.op.model import ModelNew
+from mishbench.op.precision import eager_matmul_mode
+from mishbench.op.reference import Model
 from mishbench.shapes import KERNELBENCH, ODD_SIZES, Size
 
 pytestmark = pytest.mark.cuda

@@ -10,7 +10,10 @@ import time
 import pytest
 import torch
 
-from mishbench import distributed, distributed_worker
+from mishbench.distributed import launcher
+from mishbench.verify import distributed
+
+from mishbench.distributed import worker as distributed_worker
 
 CPU = torch.device("cpu")
 HAS_FULLY_SHARD = distributed_worker.find_fully_shard() is not None
@@ -74,7 +77,7 @@ def test_whole_run_timeout_kills_the_process_group():
                             start_new_session=True)
     time.sleep(1.0)
     t0 = time.perf_counter()
-    distributed.kill_group(proc, grace=5)
+    launcher.kill_group(proc, grace=5)
     proc.communicate(timeout=10)  # returns only once the grandchild holding the pipe is gone too
     assert time.perf_counter() - t0 < 15
 

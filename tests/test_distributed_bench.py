@@ -1,4 +1,4 @@
-"""`bench --distributed N` (issue 8): DDP training steps timed with torchrun on the CPU (gloo), a failing and a
+"""`bench --distributed N`: DDP training steps timed with torchrun on the CPU (gloo), a failing and a
 hanging rank, Ctrl-C, and the usage errors.
 
 Each torchrun launch costs ~8-15 s on a 2-core CPU (torchrun and every rank import torch), so the passing
@@ -15,7 +15,15 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mishbench import bench, csvschema, distributed, distributed_bench, distributed_worker
+from mishbench.bench import plan
+
+from mishbench import schema as csvschema
+
+from mishbench.distributed import launcher
+
+from mishbench.bench import ddp as distributed_bench
+
+from mishbench.distributed import worker as distributed_worker
 from mishbench.cli import app
 from mishbench.shapes import Size
 
@@ -29,7 +37,7 @@ def opts_for(tmp_path, sizes=(Size(8, 16, 8),), n=2, **kw):
     base = dict(sizes=list(sizes), dtype=torch.float32, precision=None, modes=["fwd_bwd"], baselines=["eager"],
                 warmup=1, iters=3, distributed=n, out=tmp_path / "r.csv", seed=7)
     base.update(kw)
-    return bench.BenchOptions(**base)
+    return plan.BenchOptions(**base)
 
 
 def run_ddp(opts, **kw):
@@ -65,7 +73,7 @@ def test_two_ranks_gloo_rows(cli_run):
         ms = float(r["median_ms"])
         assert math.isfinite(ms) and ms > 0
         assert 0 < float(r["p20_ms"]) <= ms <= float(r["p80_ms"])
-        assert int(r["iters"]) >= bench.MIN_ITERS  # DESIGN.md's floor, even with --iters 3
+        assert int(r["iters"]) >= plan.MIN_ITERS  # DESIGN.md's floor, even with --iters 3
         assert float(r["rel_err"]) < 1e-5 and r["gpu"] == "cpu" and r["precision"] == "ieee"
         assert r["speedup_vs_eager"] and r["tflops"]
         assert (r["batch"], r["in_features"], r["out_features"]) == ("8", "16", "8")
@@ -83,7 +91,7 @@ def test_resume_skips_the_measured_case_without_torchrun(cli_run, monkeypatch):
 
     def never(*a, **k):
         raise AssertionError("torchrun started for a case already in --out")
-    monkeypatch.setattr(distributed, "start_torchrun", never)
+    monkeypatch.setattr(launcher, "start_torchrun", never)
     again = CliRunner().invoke(app, ["bench", "--sizes", "8x16x8", "--distributed", "2", "--baselines", "eager",
                                      "--resume", "--out", str(out)])
     assert again.exit_code == 0, cli_output(again)
@@ -141,11 +149,11 @@ def test_interrupt_kills_the_process_group(tmp_path, monkeypatch):
         if pids.exists() and pids.read_text():
             raise KeyboardInterrupt
         time.sleep(seconds)
-    monkeypatch.setattr(distributed, "start_torchrun", fake_torchrun)
+    monkeypatch.setattr(launcher, "start_torchrun", fake_torchrun)
     monkeypatch.setattr(distributed_bench, "_sleep", interrupted)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code, text = run_ddp(opts_for(tmp_path))
-    assert code == bench.INTERRUPTED and "interrupted: 0 finished row(s) kept" in text, text
+    assert code == plan.INTERRUPTED and "interrupted: 0 finished row(s) kept" in text, text
     (proc,) = started
     assert proc.poll() is not None
     assert not _alive(int(pids.read_text()))  # the grandchild (a rank) went down with torchrun
@@ -204,7 +212,7 @@ def test_shards_cover_the_batch():
 
 
 def test_report_keeps_ddp_rows_apart(tmp_path):
-    from mishbench import report
+    from mishbench.report import core as report
     rows = []
     for world, ms in ((1, 2.0), (2, 1.5)):
         for impl, prec in (("eager", "ieee"), ("mishbench", "3xtf32")):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mishbench import ops
+from mishbench.op import ops
 
 pytestmark = pytest.mark.build
 

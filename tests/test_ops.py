@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mishbench import ops
-from mishbench.model import ModelNew
-from mishbench.reference import Model
+from mishbench.op import ops
+from mishbench.op.model import ModelNew
+from mishbench.op.reference import Model
 
 HALF_ON_CPU = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 1)
 
@@ -129,7 +129,7 @@ def test_cpu_runs_composite_and_says_so():
 
 
 def test_precision_resolution_cached_and_checked():
-    from mishbench.precision import resolve_precision
+    from mishbench.op.precision import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("3xtf32", torch.float32, cpu) == "ieee"  # the CPU computes plain fp32

@@ -17,6 +17,6 @@ def test_wheel_ships_csrc(tmp_path):
     shipped = sorted(p.name for p in (target / "mishbench" / "csrc").iterdir())
     repo = sorted(p.name for p in (REPO / "csrc").iterdir() if p.suffix in (".cpp", ".cu", ".cuh", ".h"))
     assert shipped == repo
-    probe = subprocess.run([sys.executable, "-c", "import mishbench.build as b; print(b.csrc_dir())"],
+    probe = subprocess.run([sys.executable, "-c", "import mishbench.op.build as b; print(b.csrc_dir())"],
                            cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
     assert probe.stdout.strip() == str(target / "mishbench" / "csrc"), probe.stderr[-2000:]

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mishbench import report
+from mishbench.report import core as report
 from mishbench.cli import app
-from mishbench.csvschema import append_rows, new_row
+from mishbench.schema import append_rows, new_row
 
 from cli_helpers import cli_output
 

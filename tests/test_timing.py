@@ -4,8 +4,9 @@ import itertools
 import pytest
 import torch
 
-from mishbench import timing
-from mishbench.timing import merge, peak_kind, quantile, summarize, time_cpu
+from mishbench import clock as timing
+from mishbench.bench.plan import peak_kind
+from mishbench.clock import merge, quantile, summarize, time_cpu
 
 
 def test_quantiles_match_linear_interpolation():
@@ -101,7 +102,7 @@ def test_flush_buffer_is_twice_l2():
 @pytest.mark.cuda
 def test_gemm_time_agrees_with_torch_benchmark():
     from torch.utils import benchmark
-    from mishbench.precision import eager_matmul_mode
+    from mishbench.op.precision import eager_matmul_mode
     a = torch.randn(4096, 4096, device="cuda")
     b = torch.randn(4096, 4096, device="cuda")
     with eager_matmul_mode(False):
@@ -133,7 +134,7 @@ def test_side_stream_work_is_not_missed():
 
 @pytest.mark.cuda
 def test_same_provider_twice_agrees_within_its_spread():
-    from mishbench.reference import Model
+    from mishbench.op.reference import Model
     model = Model(4096, 4096).cuda()
     xs = [torch.rand(1024, 4096, device="cuda") for _ in range(3)]
     with torch.no_grad():
@@ -145,7 +146,8 @@ def test_same_provider_twice_agrees_within_its_spread():
 
 @pytest.mark.cuda
 def test_measure_peaks_positive_and_ordered():
-    peaks = timing.measure_peaks(torch.device("cuda"))
+    from mishbench.op.precision import eager_matmul_mode
+    peaks = timing.measure_peaks(torch.device("cuda"), {k: (lambda k=k: eager_matmul_mode(k == "tf32")) for k in ("fp32", "tf32")})
     assert set(peaks) == set(timing.PEAK_KINDS) and all(v > 0 for v in peaks.values())
     if torch.cuda.get_device_capability()[0] >= 8:
         assert peaks["bf16"] > peaks["fp32"]

@@ -5,10 +5,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mishbench import ops
+from mishbench.op import ops
 from mishbench.cli import app
 from mishbench.shapes import Size
-from mishbench.verify import verify
+from mishbench.verify.core import verify
 
 HALF_ON_CPU = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 1)
 CPU = torch.device("cpu")

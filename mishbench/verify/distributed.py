@@ -1,28 +1,25 @@
 """`mishbench verify --distributed N`: train under DDP and FSDP with N ranks and check against one process.
-(The launch helpers here also serve `bench --distributed N`: see distributed_bench.py.)
 
 The launcher writes a job (initial state, global batch, config) to a temporary directory, builds the CUDA
-extension once (so N ranks never race to build it), and runs `python -m torch.distributed.run` with
-mishbench.distributed_worker in its own process group, killed whole on timeout. Every collective in the
+extension once (so N ranks never race to build it), and runs torchrun with mishbench.distributed.worker
+(distributed/launcher.py) in its own process group, killed whole on timeout. Every collective in the
 ranks has the process-group timeout. Rank 0 returns the losses and the full final parameters of ModelNew
 and Model per engine; here they are compared with single-process training on the full batch: float64 Model
-is the truth, Model in the run's dtype sets the bar (metrics.error_bar, as verify.Verifier does).
+is the truth, Model in the run's dtype sets the bar, judged by the one judge (truth.py).
 """
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 import torch
 
-from . import distributed_worker as worker
-from .checks import Check
-from .precision import accuracy_class, eager_matmul_mode, resolve_precision
-from .shapes import Size
+from mishbench.distributed import launcher, worker
+from mishbench.op.model import ModelNew
+from mishbench.op.precision import accuracy_class, eager_matmul_mode, resolve_precision
+from mishbench.op.reference import Model
+from mishbench.schema import Check
+from mishbench.shapes import Size
+from mishbench.truth import Compared, verdict
 
 ENGINES = ("ddp", "fsdp")
 STEPS = 10
@@ -34,106 +31,8 @@ def default_size(n: int, device: torch.device) -> Size:
     return Size(128 * n, 1000, 777) if device.type == "cuda" else Size(12 * n, 21, 13)
 
 
-def check_ranks(n: int, device: torch.device) -> None:
-    """ValueError (a usage problem) for N < 1, or more CUDA ranks than visible GPUs (one GPU per rank)."""
-    if n < 1:
-        raise ValueError(f"need at least 1 rank, got {n}")
-    if device.type == "cuda":
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if gpus < n:
-            raise ValueError(f"{n} ranks need {n} GPUs (one per rank), but {gpus} visible")
-
-
-def fsdp_skip_reason(device: torch.device) -> Optional[str]:
-    """Why FSDP cannot run here at all, or None.
-
-    torch < 2.4 has no fully_shard (FSDP2), and its FullyShardedDataParallel wrapper needs CUDA in its
-    forward: on torch 2.0.1 with gloo on the CPU it raises 'Found no NVIDIA driver on your system'.
-    """
-    if device.type == "cuda" or worker.find_fully_shard() is not None:
-        return None
-    return (f"torch {torch.__version__} cannot run FSDP on the CPU: it has no fully_shard (FSDP2, torch >= 2.4) "
-            "and its FullyShardedDataParallel wrapper needs CUDA ('Found no NVIDIA driver' with gloo)")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_torchrun(n: int, job_dir: Path, stdout=subprocess.PIPE) -> "subprocess.Popen":
-    """Start `torchrun -m mishbench.distributed_worker --job job_dir` with n ranks in its own process group
-    (so kill_group takes down torchrun and every rank); its output goes to `stdout` (stderr merged)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--monitor-interval", "0.5",
-           "-m", "mishbench.distributed_worker", "--job", str(job_dir)]
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # so `-m mishbench.distributed_worker` resolves
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    # NCCL collectives honour the process-group timeout only with async error handling (the default on
-    # new torch; torch < 2.2 reads the old name).
-    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    if worker.find_fully_shard() is None:
-        env.setdefault("NCCL_ASYNC_ERROR_HANDLING", "1")
-    return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def _launch(n: int, job_dir: Path, timeout: float) -> Tuple[int, str, bool]:
-    """Run torchrun; (exit code, combined output, timed out). The whole process group dies on timeout."""
-    proc = start_torchrun(n, job_dir)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out.decode(errors="replace"), False
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        out, _ = proc.communicate()
-        return proc.returncode, out.decode(errors="replace"), True
-
-
-def kill_group(proc: "subprocess.Popen", grace: float = 5.0) -> None:
-    """SIGTERM the process group started with `proc` (start_new_session), SIGKILL after `grace` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            if sig == signal.SIGTERM:
-                os.killpg(proc.pid, signal.SIGKILL)  # stragglers that outlived torchrun
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
-
-
-def rank_errors(job_dir: Path) -> List[str]:
-    """'rank r: stage: error' lines, earliest first (the first failure is the cause, the rest follow it)."""
-    files = sorted(job_dir.glob("rank*.err"), key=lambda p: p.stat().st_mtime)
-    return [f"{p.stem}: {p.read_text().strip()}" for p in files]
-
-
-def tail(output: str, lines: int = 3) -> str:
-    kept = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    return " | ".join(kept[-lines:])[-400:]
-
-
-def failure_reason(errors: List[str], returncode: Optional[int], output: str, killed: Optional[str] = None) -> str:
-    """One line on why a torchrun did not end cleanly: `killed` (the sentence saying it was killed after a
-    timeout) with the first rank error or the output's tail; else the first rank error; else the exit code."""
-    if killed:
-        return killed + (f"; {errors[0]}" if errors else f"; last output: {tail(output)}")
-    if errors:
-        return f"a rank failed: {errors[0]}" + (f" (+{len(errors) - 1} more ranks)" if len(errors) > 1 else "")
-    return f"torchrun exited with {returncode}: {tail(output)}"
-
-
 def _single_process(job: dict, device: torch.device, dtype: torch.dtype, tf32: bool):
     """Model trained on the full batch in one process: losses and final parameters (CPU)."""
-    from .reference import Model
     cfg = job["config"]
     model = Model(cfg["in_features"], cfg["out_features"])
     model.load_state_dict(job["state"], strict=True)
@@ -145,13 +44,12 @@ def _single_process(job: dict, device: torch.device, dtype: torch.dtype, tf32: b
 
 
 def _compare(name: str, engine_label: str, got: dict, truth, eager, dtype: torch.dtype, world: int) -> Check:
-    from .verify import Compared, Verifier
     losses, params = got["new"]["losses"], got["new"]["params"]
     l64, p64 = truth
     le, pe = eager
     results = [("final", Compared(k, params[k], p64[k], pe[k], dtype)) for k in p64]
     results.append(("losses", Compared("loss", torch.tensor(losses), torch.tensor(l64), torch.tensor(le), dtype)))
-    check = Verifier._verdict(name, results)
+    check = verdict(name, results)
     # The reference Model under the same engine, for the record: how far the engine itself moves results.
     ref = got["ref"]
     ref_errs = [Compared(k, ref["params"][k], p64[k], pe[k], dtype).err for k in p64]
@@ -183,7 +81,7 @@ def distributed_checks(n: int, device: torch.device, dtype: torch.dtype, precisi
     """
     progress = progress or (lambda msg: None)
     device = torch.device(device)
-    check_ranks(n, device)
+    launcher.check_ranks(n, device)
     size = size or default_size(n, device)
     if size.batch % n:
         raise ValueError(f"batch {size.batch} of size {size} does not split evenly over {n} ranks")
@@ -194,16 +92,15 @@ def distributed_checks(n: int, device: torch.device, dtype: torch.dtype, precisi
 
     if device.type == "cuda":
         progress("distributed: building the CUDA extension")
-        from . import build
+        from mishbench.op import build
         build.load()  # once, here: the ranks then load it from the cache and never race to build it
 
     resolved = resolve_precision(precision, dtype, device)
     tf32 = accuracy_class(resolved, dtype) == "tf32"
-    fsdp_skip = fsdp_skip_reason(device)
+    fsdp_skip = launcher.fsdp_skip_reason(device)
     engines = [e for e in ENGINES if not (e == "fsdp" and fsdp_skip)]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    from .model import ModelNew
     state = {k: v.detach().clone() for k, v in ModelNew(size.in_features, size.out_features).state_dict().items()}
     job = {"config": {"device": device.type, "dtype": str(dtype).replace("torch.", ""), "precision": resolved,
                       "tf32": tf32, "in_features": size.in_features, "out_features": size.out_features,
@@ -216,16 +113,16 @@ def distributed_checks(n: int, device: torch.device, dtype: torch.dtype, precisi
         job_dir = Path(tmp)
         torch.save(job, job_dir / "job.pt")
         progress(f"distributed: torchrun with {n} ranks ({', '.join(engines)})")
-        rc, output, timed_out = _launch(n, job_dir, timeout)
+        rc, output, timed_out = launcher.launch(n, job_dir, timeout)
         results = {}  # type: Dict[str, dict]
         if (job_dir / "result.pt").exists():
             results = torch.load(job_dir / "result.pt", weights_only=True)
-        errors = rank_errors(job_dir)
+        errors = launcher.rank_errors(job_dir)
 
     if rc == 0 and not timed_out and all(e in results for e in engines):
         why_missing = ""
     else:
-        why_missing = failure_reason(errors, rc, output, killed=(
+        why_missing = launcher.failure_reason(errors, rc, output, killed=(
             f"torchrun did not finish within {timeout:.0f} s and was killed" if timed_out else None))
 
     progress("distributed: single-process reference")

@@ -12,9 +12,9 @@ import sysconfig
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
-from .checks import Check
+from mishbench.schema import Check
 
-REFERENCE_FILE = Path(__file__).resolve().parent / "reference.py"
+REFERENCE_FILE = Path(__file__).resolve().parents[1] / "op" / "reference.py"
 INPUT_FUNCS = ("get_inputs", "get_init_inputs")
 INPUT_GLOBALS = ("batch_size", "in_features", "out_features")
 ALLOWED_ROOTS = {"torch", "__future__"}

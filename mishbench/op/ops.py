@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 from packaging.version import Version
 
-from .precision import PRECISIONS
+from mishbench.op.precision import PRECISIONS, constant_under_compile
 
 TORCH_VERSION = Version(torch.__version__.split("+")[0])
 HAS_TORCH_LIBRARY_FAKE = TORCH_VERSION >= Version("2.4")
@@ -147,19 +147,11 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 _has_torch_function = torch.overrides.has_torch_function
 
 
-def _constant_under_compile(fn):
-    """torch.compile evaluates `fn` once at trace time and bakes in its result instead of tracing it:
-    loading the extension (file I/O, time.perf_counter) cannot be traced, and inside a fullgraph compile
-    whose first call loads it, dynamo failed on the H100 ("cannot trace time.perf_counter")."""
-    mark = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
-    return mark(fn) if mark is not None else fn
-
-
-@_constant_under_compile
+@constant_under_compile
 def _load_extension() -> bool:
     if not _ext_state["tried"]:
         _ext_state["tried"] = True
-        from . import build  # imported late: importing torch.utils.cpp_extension costs ~0.3 s
+        from mishbench.op import build  # imported late: importing torch.utils.cpp_extension costs ~0.3 s
 
         module = build.load()
         _ext_state["ok"] = module is not None and hasattr(torch.ops.mishbench, "linear_mish_mish")

@@ -1,13 +1,13 @@
-"""`mishbench bench --distributed N` (issue 8): time one DDP training step of Model and ModelNew over N ranks.
+"""`mishbench bench --distributed N`: time one DDP training step of Model and ModelNew over N ranks.
 
 A step is forward + backward + DDP's gradient all-reduce (mode `fwd_bwd`, the only one DESIGN.md has for it;
 no optimizer step). The global batch B of each size is split over the ranks in contiguous shards (sizes differ
 by at most one row); the parameters and inputs are drawn from the run's seed exactly as single-process bench
 draws them, so every rank and every implementation sees the same values.
 
-The launcher (`run_distributed_bench`) reuses verify --distributed's machinery (distributed.start_torchrun,
-kill_group, the rank<r>.err files): one torchrun for all cases, with a "bench" job for
-distributed_worker, which calls `run_rank` here in every rank. For each case every rank builds eager Model
+The launcher (`run_distributed_bench`) uses the machinery verify --distributed uses (distributed/launcher.py:
+start_torchrun, kill_group, the rank<r>.err files): one torchrun for all cases, with a job whose entry
+point is `run_rank` here, which mishbench.distributed.worker calls in every rank. For each case every rank builds eager Model
 and ModelNew under DistributedDataParallel, checks one step against a float64 run of the reference on the
 full batch (DESIGN.md's error bar; the DDP-averaged weight and bias gradients times N are the full-batch
 ones), then times steps of the providers in interleaved rounds with bench's timers (CUDA events and a
@@ -23,7 +23,6 @@ crashes or hangs ends that torchrun: the case it was in gets 'error' rows saying
 the remaining cases go on in a fresh torchrun.
 """
 import copy
-import datetime
 import gc
 import math
 import subprocess
@@ -34,7 +33,21 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .shapes import Size
+from mishbench.bench.plan import INTERRUPTED, ROUNDS, Plan, fill_speedups, peak_kind
+from mishbench.bench.providers import (BASELINES, Inputs, Provider, Spec, gate, make_input_sets)
+from mishbench.bench.sink import Sink, finish
+from mishbench.bench.table import results_table
+from mishbench.clock import merge, peak_tflops, release_flush_buffers, time_cpu, time_cuda
+from mishbench.distributed import launcher
+from mishbench.distributed.worker import fault, save_atomic
+from mishbench.op.model import ModelNew
+from mishbench.op.precision import dtype_name, eager_matmul_mode
+from mishbench.op.reference import Model
+from mishbench.schema import CsvSchemaError, row_key
+from mishbench.shapes import Size
+from mishbench.truth import reference_run
+
+ENTRY = "mishbench.bench.ddp:run_rank"
 
 MODE = "fwd_bwd"  # DESIGN.md's modes are fwd and fwd_bwd: a DDP training step is a forward and a backward
 POLL_S = 0.2
@@ -60,13 +73,12 @@ def check_sizes(sizes: List[Size], n: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Rank side (called by distributed_worker.main in every rank)
+# Rank side (the job's entry point: mishbench.distributed.worker.main calls it in every rank)
 # ---------------------------------------------------------------------------------------------------------
 def run_rank(job: dict, device: torch.device, job_dir: Path, set_stage: Callable[[str], None]) -> None:
     """Every case of the job in this rank; rank 0 writes job_dir/case<i>.pt after each."""
     import torch.distributed as dist
 
-    from .distributed_worker import save_atomic
     cfg = job["config"]
     rank = dist.get_rank()
     for i, case in enumerate(job["cases"]):
@@ -86,17 +98,10 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from . import bench
-    from .distributed_worker import _fault
-    from .metrics import error_bar, rel_err
-    from .model import ModelNew
-    from .reference import Model
-    from .timing import time_cpu, time_cuda
-    from .verify import reference_run
 
     rank, world = dist.get_rank(), dist.get_world_size()
     dtype = getattr(torch, cfg["dtype"])
-    specs = [bench.Spec(*s) for s in cfg["specs"]]
+    specs = [Spec(*s) for s in cfg["specs"]]
     seed = cfg["seed"]
     lo, hi = shard_bounds(size.batch, world, rank)
 
@@ -104,8 +109,8 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
     torch.manual_seed(seed)  # the template Model, drawn as single-process bench draws it
     template = Model(size.in_features, size.out_features)
     state = template.state_dict()
-    full = bench.make_input_sets(size, MODE, seed, cfg["input_sets"], torch.device("cpu"), dtype)
-    shards = [bench.Inputs(s.x.detach()[lo:hi].to(device).requires_grad_(True), s.grad_y[lo:hi].to(device))
+    full = make_input_sets(size, MODE, seed, cfg["input_sets"], torch.device("cpu"), dtype)
+    shards = [Inputs(s.x.detach()[lo:hi].to(device).requires_grad_(True), s.grad_y[lo:hi].to(device))
               for s in full]
     x0, gy0 = full[0].x.detach().to(device), full[0].grad_y.to(device)
     del full
@@ -116,46 +121,40 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
                 "linear.bias": grads["linear.bias"]}
     y64, g64 = reference_run(size, state, x0, gy0, torch.float64)
     truth = mine(y64, g64)
-    bars: Dict[str, Dict[str, float]] = {}
+    eagers: Dict[str, Dict[str, torch.Tensor]] = {}
     for klass, tf32 in sorted({(s.klass, s.tf32) for s in specs}):
         ye, ge = reference_run(size, state, x0, gy0, dtype, tf32=tf32)
-        eager = mine(ye, ge)
-        bars[klass] = {k: error_bar(rel_err(eager[k], truth[k]), dtype) for k in truth}
+        eagers[klass] = mine(ye, ge)
     del x0, gy0, y64, g64
 
     result = {"backend": dist.get_backend(), "world_size": world, "specs": {}}
     live = []
     for spec in specs:
-        name = "Model" if spec.impl in bench.BASELINES else "ModelNew"
+        name = "Model" if spec.impl in BASELINES else "ModelNew"
         stage(f"{spec.impl} ({name}): build and check")
-        if spec.impl in bench.BASELINES:
+        if spec.impl in BASELINES:
             module = copy.deepcopy(template)
         else:
             module = ModelNew(size.in_features, size.out_features, precision=spec.precision)
             module.load_state_dict(state, strict=True)
         module = module.to(device, dtype)
-        if spec.impl not in bench.BASELINES:
+        if spec.impl not in BASELINES:
             runs = "mishbench" if module.implementation(device) == "cuda" else "composite"
             if runs != spec.impl:
                 raise RuntimeError(f"ModelNew runs {runs} in rank {rank} but the launcher planned {spec.impl}")
         wrapped = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-        prov = bench.Provider(spec, module, wrapped, MODE)
+        prov = Provider(spec, module, wrapped, MODE)
         y, grads = prov.outputs(shards[0])
         got = dict(grads, y=y)
         # DDP averages the gradients over ranks; the shards' sum is the full batch's gradient.
         got["linear.weight"] = got["linear.weight"] * world
         got["linear.bias"] = got["linear.bias"] * world
-        worst = (0.0, -1.0)
-        for key, ref in truth.items():
-            err = rel_err(got[key], ref)
-            ratio = err / bars[spec.klass][key] if bars[spec.klass][key] > 0 else math.inf
-            if ratio > worst[1] or math.isnan(err):
-                worst = (err, ratio)
+        worst = gate(got, truth, eagers[spec.klass], dtype)
         del y, grads, got
-        everyone = [None] * world
-        dist.all_gather_object(everyone, worst)  # every rank takes the same decision: time it or not
-        err = max(e for e, _ in everyone)
-        ok = all(r <= 1.0 for _, r in everyone)  # NaN fails too
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, worst)  # every rank takes the same decision: time it or not
+        err = max(e for e, _ in per_rank)
+        ok = all(r <= 1.0 for _, r in per_rank)  # NaN fails too
         entry = {"rel_err": err, "status": "ok" if ok else "mismatch", "ranks": []}
         result["specs"][tuple(spec)] = entry
         if ok:
@@ -163,14 +162,14 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
         else:
             entry["note"] = f"rel_err {err:.3g} above the bar on some rank: not timed"
 
-    def step(prov: "bench.Provider") -> Callable:
+    def step(prov: "Provider") -> Callable:
         def call(inputs) -> None:
-            _fault(_STEPS[0])
+            fault(_STEPS[0])
             _STEPS[0] += 1
             prov.call(inputs)
         return call
 
-    def setup(prov: "bench.Provider") -> Callable:
+    def setup(prov: "Provider") -> Callable:
         def before(inputs) -> None:
             prov.setup(inputs)
             dist.barrier(**barrier_kw)  # untimed: every rank starts the step together
@@ -179,7 +178,7 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
     # NCCL's barrier otherwise guesses the rank's GPU (and warns); gloo takes no device_ids.
     barrier_kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
     iters = int(cfg["iters"])
-    chunk = max(1, math.ceil(iters / bench.ROUNDS))
+    chunk = max(1, math.ceil(iters / ROUNDS))
     started = set()
     while any(p.samples < iters for p in live):
         for prov in live:
@@ -200,14 +199,14 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
     stage("collecting the timings")
     mine_t = {}
     for prov in live:
-        t = bench.merge(prov.parts)
+        t = merge(prov.parts)
         mine_t[tuple(prov.spec)] = {"median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms,
                                     "iters": t.iters, "rows": hi - lo}
-    everyone = [None] * world
-    dist.all_gather_object(everyone, mine_t)
+    per_rank_t = [None] * world
+    dist.all_gather_object(per_rank_t, mine_t)
     for key, entry in result["specs"].items():
         if entry["status"] == "ok":
-            entry["ranks"] = [per[key] for per in everyone]
+            entry["ranks"] = [per[key] for per in per_rank_t]
     return result
 
 
@@ -227,15 +226,12 @@ def run_distributed_bench(opts, console, case_timeout: Optional[float] = None,
     case_timeout: seconds without a finished case before torchrun is killed; collective_timeout: the
     process-group timeout in every rank (a hung rank makes the others fail after it).
     """
-    from . import bench, distributed
-    from .csvschema import CsvSchemaError, append_rows, row_key
-    from .precision import dtype_name
 
     n = opts.distributed
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     try:
-        distributed.check_ranks(n, device)
+        launcher.check_ranks(n, device)
         check_sizes(opts.sizes, n)
     except ValueError as exc:
         return _error(console, f"--distributed {n}: {exc}", 2)
@@ -251,25 +247,23 @@ def run_distributed_bench(opts, console, case_timeout: Optional[float] = None,
         collective_timeout = 300.0 if cuda else 120.0
 
     if cuda:
-        from . import build
+        from mishbench.op import build
         console.print("distributed: building the CUDA extension once before the ranks start", highlight=False)
         build.load()
-    run = bench._Run(opts, console, device, timer=None, peak_fn=None, free_memory=None)
-    run.provenance["world_size"] = n
+    run = Plan(opts, console, device, world_size=n)
+    # Under DDP only eager and ModelNew are timed (a compiled DDP module is another benchmark).
     run.specs = [s for s in run.specs if s.impl in ("eager", run.subject_impl)]
-    if cuda:
-        run.peak_fn = _peaks(run, device, n)
+    run.peak_fn = _peaks(run, device, n) if cuda else None
 
+    sink = Sink(opts.out, opts.resume)
     try:
-        done = bench._done_keys(opts.out) if opts.resume else set()
-        append_rows(opts.out, [])
+        sink.open()
     except CsvSchemaError as exc:
         return _error(console, f"--out: {exc}", 2)
-    cases = [(size, MODE) for size in opts.sizes]
-    todo = [c for c in cases if not (done and all(k in done for k in run.planned_keys(*c)))]
-    if len(todo) < len(cases):
-        console.print(f"--resume: {len(cases) - len(todo)} case(s) already in {opts.out} with every row ok: "
-                      "skipped", highlight=False)
+    todo, skipped = sink.pending([(size, MODE) for size in opts.sizes], run.planned_keys)
+    if skipped:
+        console.print(f"--resume: {skipped} case(s) already in {opts.out} with every row ok: skipped",
+                      highlight=False)
     where = (f"NCCL, one GPU per rank ({run.provenance['gpu']})" if cuda else
              "gloo on the CPU (no CUDA GPU visible: host-clock times, not GPU numbers)")
     skipped = [b for b in opts.baselines if b != "eager"]
@@ -282,25 +276,22 @@ def run_distributed_bench(opts, console, case_timeout: Optional[float] = None,
                       "under DDP", highlight=False)
     per_rank: Dict[tuple, str] = {}
     try:
-        _launch_cases(run, todo, n, device, case_timeout, collective_timeout, per_rank, append_rows)
+        _launch_cases(run, todo, n, device, case_timeout, collective_timeout, per_rank, sink)
     except KeyboardInterrupt:
         console.print(f"interrupted: {len(run.written)} finished row(s) kept in {opts.out}", highlight=False)
-        return bench.INTERRUPTED
-    console.print(bench.results_table(run.written, run, title=f"mishbench bench --distributed {n} (DDP step)",
-                                      extra=("per-rank median ms", lambda r: per_rank.get(row_key(r), ""))))
-    console.print(f"{len(run.written)} row(s) appended to {opts.out}", highlight=False)
-    failed = [r for r in run.written if r["impl"] in bench.SUBJECT_IMPLS and r["status"] in ("mismatch", "error")]
-    return 1 if failed else 0
+        return INTERRUPTED
+    table = results_table(run.written, run, title=f"mishbench bench --distributed {n} (DDP step)",
+                          extra=("per-rank median ms", lambda r: per_rank.get(row_key(r), "")))
+    return finish(console, table, run.written, opts.out)
 
 
 def _peaks(run, device: torch.device, n: int) -> Callable[[str], float]:
     """N × the single-GPU peak of each class the run needs, measured now on GPU 0, before the ranks use it."""
-    from .timing import peak_kind, peak_tflops, release_flush_buffers
     peaks = {}
     for spec in run.specs:
         kind, _ = peak_kind(spec.precision, run.dtype)
         if kind not in peaks:
-            peaks[kind] = peak_tflops(device, kind)
+            peaks[kind] = peak_tflops(device, kind, lambda kind=kind: eager_matmul_mode(kind == "tf32"))
     release_flush_buffers()
     torch.cuda.empty_cache()
     return lambda kind: n * peaks[kind]
@@ -310,11 +301,11 @@ def _job(run, cases: List[Tuple[Size, str]], collective_timeout: float, device: 
     cfg = {"device": device.type, "dtype": str(run.dtype).replace("torch.", ""), "seed": run.seed,
            "specs": [tuple(s) for s in run.specs], "input_sets": run.opts.input_sets,
            "warmup": int(run.opts.warmup), "iters": run.iters, "collective_timeout": collective_timeout}
-    return {"kind": "bench", "config": cfg, "cases": [tuple(size) for size, _ in cases]}
+    return {"entry": ENTRY, "config": cfg, "cases": [tuple(size) for size, _ in cases]}
 
 
 def _launch_cases(run, todo, n: int, device: torch.device, case_timeout: float, collective_timeout: float,
-                  per_rank: Dict[tuple, str], append_rows) -> None:
+                  per_rank: Dict[tuple, str], sink: Sink) -> None:
     """torchrun over the cases still to do; after a failure, a fresh torchrun for the cases after it."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -323,12 +314,8 @@ def _launch_cases(run, todo, n: int, device: torch.device, case_timeout: float, 
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("starting torchrun", total=len(todo))
 
-        def finish(size: Size, rows) -> None:
-            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            for row in rows:
-                row["timestamp"] = stamp
-            append_rows(run.opts.out, rows)
-            run.written.extend(rows)
+        def done(size: Size, rows) -> None:
+            sink.write(rows, run.written)
             bar.advance(task)
             for row in rows:
                 if row["status"] != "ok":
@@ -343,27 +330,26 @@ def _launch_cases(run, todo, n: int, device: torch.device, case_timeout: float, 
                 job_dir = Path(tmp)
                 torch.save(_job(run, pending, collective_timeout, device), job_dir / "job.pt")
                 bar.update(task, description=f"torchrun with {n} ranks: starting")
-                seen, why = _watch(job_dir, pending, n, case_timeout, bar, task, run, per_rank, finish)
+                seen, why = _watch(job_dir, pending, n, case_timeout, bar, task, run, per_rank, done)
             if seen < len(pending):  # the case that was running when torchrun failed
                 size, _ = pending[seen]
                 status = "oom" if "out of memory" in why.lower() or "OutOfMemoryError" in why else "error"
-                rows = [run._base_row(size, MODE, spec) for spec in run.specs]
+                rows = [run.base_row(size, MODE, spec) for spec in run.specs]
                 for row in rows:
                     row["status"] = status
-                    run._note_spec(row, why)
-                finish(size, rows)
+                    run.note_row(row, why)
+                done(size, rows)
                 seen += 1
             pending = pending[seen:]
 
 
-def _watch(job_dir: Path, pending, n: int, case_timeout: float, bar, task, run, per_rank, finish):
+def _watch(job_dir: Path, pending, n: int, case_timeout: float, bar, task, run, per_rank, done):
     """Start torchrun on job_dir and turn each case<i>.pt into rows as it appears; (cases done, why it
     stopped early or '')."""
-    from . import distributed
     log_path = job_dir / "torchrun.log"
     seen, timed_out = 0, False
     with open(log_path, "wb") as log:
-        proc = distributed.start_torchrun(n, job_dir, stdout=log)
+        proc = launcher.start_torchrun(n, job_dir, stdout=log)
         try:
             deadline = time.monotonic() + case_timeout
             while True:
@@ -371,14 +357,14 @@ def _watch(job_dir: Path, pending, n: int, case_timeout: float, bar, task, run, 
                 while seen < len(pending) and (job_dir / f"case{seen:04d}.pt").exists():
                     size, _ = pending[seen]
                     result = torch.load(job_dir / f"case{seen:04d}.pt", weights_only=True)
-                    finish(size, _rows(run, size, result, per_rank))
+                    done(size, _rows(run, size, result, per_rank))
                     seen += 1
                     deadline = time.monotonic() + case_timeout
                 if exited or seen == len(pending):
                     break
                 if time.monotonic() > deadline:
                     timed_out = True
-                    distributed.kill_group(proc)
+                    launcher.kill_group(proc)
                     break
                 if seen < len(pending):
                     bar.update(task, description=f"torchrun with {n} ranks: {pending[seen][0]} {MODE}")
@@ -389,37 +375,35 @@ def _watch(job_dir: Path, pending, n: int, case_timeout: float, bar, task, run, 
                 except subprocess.TimeoutExpired:
                     pass
         except BaseException:  # Ctrl-C included: torchrun and every rank go down with us
-            distributed.kill_group(proc)
+            launcher.kill_group(proc)
             raise
         finally:
             if proc.poll() is None:
-                distributed.kill_group(proc)
+                launcher.kill_group(proc)
     if seen == len(pending):
         return seen, ""
     output = log_path.read_bytes().decode(errors="replace") if log_path.exists() else ""
-    errors = distributed.rank_errors(job_dir)
-    why = distributed.failure_reason(errors, proc.returncode, output, killed=(
+    errors = launcher.rank_errors(job_dir)
+    why = launcher.failure_reason(errors, proc.returncode, output, killed=(
         f"no case finished within {case_timeout:.0f} s: torchrun killed" if timed_out else None))
     return seen, why
 
 
 def _rows(run, size: Size, result: dict, per_rank: Dict[tuple, str]):
     """CSV rows of one case from rank 0's result: the slowest rank's statistics, every rank's median kept."""
-    from . import bench
-    from .csvschema import row_key
     rows = []
     for spec in run.specs:
-        row = run._base_row(size, MODE, spec)
+        row = run.base_row(size, MODE, spec)
         entry = result["specs"].get(tuple(spec))
         if entry is None:
             row["status"] = "error"
-            run._note_spec(row, "no result from the ranks (internal error)")
+            run.note_row(row, "no result from the ranks (internal error)")
             rows.append(row)
             continue
         row["rel_err"] = entry["rel_err"]
         row["status"] = entry["status"]
         if entry.get("note"):
-            run._note_spec(row, entry["note"])
+            run.note_row(row, entry["note"])
         ranks = entry.get("ranks") or []
         if entry["status"] == "ok" and ranks:
             slowest = max(ranks, key=lambda r: r["median_ms"])
@@ -427,7 +411,7 @@ def _rows(run, size: Size, result: dict, per_rank: Dict[tuple, str]):
                        iters=slowest["iters"])
             per_rank[row_key(row)] = " / ".join(f"{r['median_ms']:.4g}" for r in ranks)
         rows.append(row)
-    bench._fill_speedups(rows)
+    fill_speedups(rows)
     for row in rows:
-        run._fill_rates(row, size, MODE)
+        run.peak_fn = run.fill_rates(row, size, MODE, run.peak_fn)
     return rows

@@ -10,12 +10,16 @@ Warm-up runs both by count and by time. Several input sets are rotated so no cal
 call's inputs. After `iters` samples, if (p80 − p20)/median > `max_spread`, sampling goes on up to
 `max_iters` or `budget_s`. `time_cpu` shares the loop and the statistics (host clock only) so tests can
 exercise them without a GPU. `measure_peaks` measures GEMM peak rates in-process for pct_of_peak.
+
+The one timing engine: bench, the DDP ranks, the candidate worker and the anti-cheat roofline all time
+through it. It imports torch only (the candidate worker imports it).
 """
+import contextlib
 import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -208,8 +212,7 @@ _PEAK_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bflo
 _PEAKS: Dict[Tuple[int, str], float] = {}
 
 
-def _gemm_tflops(index: int, kind: str) -> float:
-    from .precision import eager_matmul_mode
+def _gemm_tflops(index: int, kind: str, matmul_mode: Optional[Callable[[], ContextManager]]) -> float:
     dtype = _PEAK_DTYPES[kind]
     free = torch.cuda.mem_get_info(index)[0]
     dim = 8192
@@ -221,34 +224,30 @@ def _gemm_tflops(index: int, kind: str) -> float:
     a = torch.randn(dim, dim, device=dev, dtype=dtype, generator=gen)
     b = torch.randn(dim, dim, device=dev, dtype=dtype, generator=gen)
     out = torch.empty(dim, dim, device=dev, dtype=dtype)
-    with eager_matmul_mode(kind == "tf32"):
+    with (matmul_mode() if matmul_mode is not None else contextlib.nullcontext()):
         t = time_cuda(lambda ab: torch.matmul(ab[0], ab[1], out=out), [(a, b)], warmup=3, warmup_ms=50,
                       iters=10, max_iters=10, device=index)
     a = b = out = None  # free the operands before the caller's next allocation
     return 2.0 * dim ** 3 / (t.median_ms * 1e-3) / 1e12
 
 
-def peak_tflops(device, kind: str) -> float:
-    """Measured GEMM TFLOP/s of `kind` ('fp32' = TF32 off, 'tf32', 'bf16', 'fp16', 'fp64'); cached per process."""
+def peak_tflops(device, kind: str, matmul_mode: Optional[Callable[[], ContextManager]] = None) -> float:
+    """Measured GEMM TFLOP/s of `kind` ('fp32', 'tf32', 'bf16', 'fp16', 'fp64'); cached per process.
+
+    fp32 and tf32 differ only in PyTorch's float32 matmul setting, which is the op layer's business: for
+    those kinds the caller passes `matmul_mode`, a context factory that sets TF32 off (fp32) or on (tf32).
+    """
+    if kind in ("fp32", "tf32") and matmul_mode is None:
+        raise ValueError(f"peak {kind!r}: pass matmul_mode (TF32 {'on' if kind == 'tf32' else 'off'})")
     index = _index(device)
     key = (index, kind)
     if key not in _PEAKS:
-        _PEAKS[key] = _gemm_tflops(index, kind)
+        _PEAKS[key] = _gemm_tflops(index, kind, matmul_mode)
     return _PEAKS[key]
 
 
-def measure_peaks(device, kinds: Sequence[str] = PEAK_KINDS) -> Dict[str, float]:
-    """{'fp32': …, 'tf32': …, 'bf16': …, 'fp16': …} TFLOP/s of torch.matmul at 8192³ (smaller if memory is short)."""
-    return {kind: peak_tflops(device, kind) for kind in kinds}
-
-
-def peak_kind(precision: str, dtype: torch.dtype) -> Tuple[str, float]:
-    """(peak to compare against, divisor): ieee → fp32; 3xtf32 → tf32 ÷ 3; tf32 → tf32; else the dtype's."""
-    from .precision import dtype_name
-    if dtype == torch.float32:
-        if precision == "3xtf32":
-            return "tf32", 3.0
-        if precision == "tf32":
-            return "tf32", 1.0
-        return "fp32", 1.0
-    return dtype_name(dtype), 1.0
+def measure_peaks(device, matmul_modes: Dict[str, Callable[[], ContextManager]],
+                  kinds: Sequence[str] = PEAK_KINDS) -> Dict[str, float]:
+    """{'fp32': …, 'tf32': …, 'bf16': …, 'fp16': …} TFLOP/s of torch.matmul at 8192³ (smaller if memory is
+    short); `matmul_modes` gives the fp32/tf32 settings (see peak_tflops)."""
+    return {kind: peak_tflops(device, kind, matmul_modes.get(kind)) for kind in kinds}

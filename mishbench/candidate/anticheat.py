@@ -1,40 +1,37 @@
-"""Anti-cheat checks for candidates (issue 6, DESIGN.md check names `anti_cheat_*`).
+"""Anti-cheat checks for candidates (DESIGN.md check names `anti_cheat_*`).
 
 Each catches a shortcut that fooled KernelBench's evaluator. Outputs are always judged here, in the harness,
 against float64 truth on inputs drawn from the run's seed (which the candidate never sees: its process gets
 tensors only); the worker reports what it saw around each call (inputs and parameters compared after the
 call, output storage overlap, backend flags, timings).
 """
-import functools
 import re
-from typing import Callable, List
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .checks import Check
-from .shapes import KERNELBENCH, Size
-from .verify import Compared, Verifier, make_inputs, reference_run
+from mishbench import clock
+from mishbench.schema import Check
+from mishbench.shapes import KERNELBENCH, Size
+from mishbench.truth import Compared, Judge, guard, reference_run
 
 STALE_TRIALS = 3
+ANTI_CHEAT_CHECKS = ["anti_cheat_input_mutation", "anti_cheat_output_aliasing", "anti_cheat_stale_output",
+                     "anti_cheat_backend_flags", "anti_cheat_streams", "anti_cheat_determinism",
+                     "anti_cheat_roofline"]
 
 
-def _guard(name: str, fn: Callable[[], Check]) -> Check:
-    try:
-        return fn()
-    except torch.cuda.OutOfMemoryError as exc:
-        return Check(name, "skip", f"out of memory: {str(exc).splitlines()[0]}")
-    except Exception as exc:  # noqa: BLE001 - a crashing candidate is a finding
-        return Check(name, "error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
-
-
-def anti_cheat_checks(verifier: Verifier, runner) -> List[Check]:
-    """The seven anti_cheat_* rows. `runner` is a candidate.RemoteRunner."""
-    verifier.progress("anti-cheat")
-    out = [_guard("anti_cheat_stale_output", lambda: check_stale_output(verifier, runner)),
-           _guard("anti_cheat_determinism", lambda: check_determinism(verifier, runner))]
+def anti_cheat_checks(judge: Judge, sizes: Sequence[Size], runner,
+                      progress: Optional[Callable[[str], None]] = None) -> List[Check]:
+    """The seven anti_cheat_* rows, in ANTI_CHEAT_CHECKS order. `runner` is a candidate.runner.RemoteRunner;
+    inputs come from the judge's generator (the run's seed, which the candidate never sees)."""
+    if progress is not None:
+        progress("anti-cheat")
+    out = [guard("anti_cheat_stale_output", lambda: check_stale_output(judge, sizes, runner)),
+           guard("anti_cheat_determinism", lambda: check_determinism(judge, sizes, runner))]
     timing = {}
-    out.append(_guard("anti_cheat_streams", lambda: check_streams(verifier, runner, timing)))
-    out.append(_guard("anti_cheat_roofline", lambda: check_roofline(verifier, timing)))
+    out.append(guard("anti_cheat_streams", lambda: check_streams(judge, sizes, runner, timing)))
+    out.append(guard("anti_cheat_roofline", lambda: check_roofline(judge, timing)))
     try:
         runner.request({"op": "flags"})
     except Exception:  # noqa: BLE001 - the last known flags are reported below
@@ -44,9 +41,7 @@ def anti_cheat_checks(verifier: Verifier, runner) -> List[Check]:
     out.append(_observed("anti_cheat_output_aliasing", runner, "aliasing:",
                          "no output shared memory with its input, the parameters, module tensors or the previous output"))
     out.append(check_backend_flags(runner))
-    order = ["anti_cheat_input_mutation", "anti_cheat_output_aliasing", "anti_cheat_stale_output",
-             "anti_cheat_backend_flags", "anti_cheat_streams", "anti_cheat_determinism", "anti_cheat_roofline"]
-    return sorted(out, key=lambda c: order.index(c.name))
+    return sorted(out, key=lambda c: ANTI_CHEAT_CHECKS.index(c.name))
 
 
 def _observed(name: str, runner, prefix: str, ok_detail: str) -> Check:
@@ -70,20 +65,20 @@ def check_backend_flags(runner) -> Check:
                                                      "import, construction and every call")
 
 
-def _small_size(verifier: Verifier) -> Size:
-    return min(verifier.sizes, key=lambda s: s.flops)
+def _small_size(sizes: Sequence[Size]) -> Size:
+    return min(sizes, key=lambda s: s.flops)
 
 
-def check_stale_output(verifier: Verifier, runner) -> Check:
+def check_stale_output(judge: Judge, sizes: Sequence[Size], runner) -> Check:
     """Fresh inputs through one reused input buffer, memory poisoned with NaN before each call."""
-    size = _small_size(verifier)
-    state = runner.init_state(size, verifier.seed)
-    xs = [make_inputs(size, "randn10", verifier.gen, verifier.device, verifier.dtype) for _ in range(STALE_TRIALS)]
+    size = _small_size(sizes)
+    state = runner.init_state(size, judge.seed)
+    xs = [judge.inputs(size, "randn10") for _ in range(STALE_TRIALS)]
     ys = runner.run_seq(size, state, xs)
     for i, (x, y) in enumerate(zip(xs, ys)):
         y64, _ = reference_run(size, state, x, None, torch.float64)
-        ye, _ = reference_run(size, state, x, None, verifier.dtype, tf32=verifier.tf32)
-        cmp = Compared("y", y, y64, ye, verifier.dtype)
+        ye, _ = reference_run(size, state, x, None, judge.dtype, tf32=judge.tf32)
+        cmp = Compared("y", y, y64, ye, judge.dtype)
         if cmp.ok:
             continue
         if i and y.shape == ys[i - 1].shape and torch.equal(y, ys[i - 1]):
@@ -103,20 +98,20 @@ def check_stale_output(verifier: Verifier, runner) -> Check:
                  f"before each call: every output matches its own input ({size})")
 
 
-def check_determinism(verifier: Verifier, runner) -> Check:
-    size = _small_size(verifier)
-    state = runner.init_state(size, verifier.seed)
-    x = make_inputs(size, "randn10", verifier.gen, verifier.device, verifier.dtype)
+def check_determinism(judge: Judge, sizes: Sequence[Size], runner) -> Check:
+    size = _small_size(sizes)
+    state = runner.init_state(size, judge.seed)
+    x = judge.inputs(size, "randn10")
     y1, y2 = runner.run_seq(size, state, [x, x])
     # NaN != NaN on purpose: memory poisoned with NaN before each call is not an output that "repeats".
     if y1.shape == y2.shape and torch.equal(y1, y2):
         return Check("anti_cheat_determinism", "pass", f"two calls on one input gave bit-identical outputs ({size})")
     y64, _ = reference_run(size, state, x, None, torch.float64)
-    ye, _ = reference_run(size, state, x, None, verifier.dtype, tf32=verifier.tf32)
-    cmp = Compared("y", y2, y1, ye, verifier.dtype)  # the two runs against each other
+    ye, _ = reference_run(size, state, x, None, judge.dtype, tf32=judge.tf32)
+    cmp = Compared("y", y2, y1, ye, judge.dtype)  # the two runs against each other
     diff = (y1.double() - y2.double()).abs().max().item() if y1.shape == y2.shape else float("inf")
-    if y1.shape == y2.shape and Compared("y", y2, y64, ye, verifier.dtype).ok and \
-            Compared("y", y1, y64, ye, verifier.dtype).ok:
+    if y1.shape == y2.shape and Compared("y", y2, y64, ye, judge.dtype).ok and \
+            Compared("y", y1, y64, ye, judge.dtype).ok:
         return Check("anti_cheat_determinism", "warn", f"two calls on one input differ (max abs {diff:.3g}) but "
                                                       "both meet the bar: non-deterministic reduction order?",
                      cmp.metrics())
@@ -124,18 +119,18 @@ def check_determinism(verifier: Verifier, runner) -> Check:
                                                    "output depends on something other than the input and parameters")
 
 
-def _timing_size(verifier: Verifier) -> Size:
-    return max(verifier.sizes + [KERNELBENCH], key=lambda s: s.flops)
+def _timing_size(sizes: Sequence[Size]) -> Size:
+    return max(list(sizes) + [KERNELBENCH], key=lambda s: s.flops)
 
 
-def check_streams(verifier: Verifier, runner, timing: dict) -> Check:
+def check_streams(judge: Judge, sizes: Sequence[Size], runner, timing: dict) -> Check:
     name = "anti_cheat_streams"
-    if verifier.device.type != "cuda":
+    if judge.device.type != "cuda":
         return Check(name, "skip", "needs a CUDA GPU (CUDA-event vs device-synchronize timing)")
-    size = _timing_size(verifier)
-    state = runner.init_state(size, verifier.seed)
-    x = make_inputs(size, "rand", verifier.gen, verifier.device, verifier.dtype)
-    flush = 2 * torch.cuda.get_device_properties(verifier.device).L2_cache_size
+    size = _timing_size(sizes)
+    state = runner.init_state(size, judge.seed)
+    x = judge.inputs(size, "rand")
+    flush = clock.flush_bytes(judge.device)
     t = runner.time(size, state, x, None, warmup=5, iters=30, flush_bytes=flush)
     ev, host = sorted(t["event_ms"]), sorted(t["host_ms"])
     ev_med, host_med = ev[len(ev) // 2], host[len(host) // 2]
@@ -153,35 +148,14 @@ def check_streams(verifier: Verifier, runner, timing: dict) -> Check:
                                f"at {size}", metrics)
 
 
-@functools.lru_cache(maxsize=None)
-def measured_bf16_peak_tflops(index: int) -> float:
-    """The card's bf16 tensor-core rate, measured here (in the harness) on an 8192^3 GEMM, best of 10."""
-    n = 8192
-    a = torch.randn(n, n, device=f"cuda:{index}", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=f"cuda:{index}", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(10):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        a @ b
-        e.record()
-        torch.cuda.synchronize()
-        best = min(best, s.elapsed_time(e))
-    return 2 * n ** 3 / (best * 1e-3) / 1e12
-
-
-def check_roofline(verifier: Verifier, timing: dict) -> Check:
+def check_roofline(judge: Judge, timing: dict) -> Check:
     name = "anti_cheat_roofline"
-    if verifier.device.type != "cuda":
+    if judge.device.type != "cuda":
         return Check(name, "skip", "needs a CUDA GPU (the card's measured bf16 peak bounds every time)")
     if not timing:
         return Check(name, "skip", "no candidate timing (anti_cheat_streams did not run)")
     size = timing["size"]
-    index = verifier.device.index if verifier.device.index is not None else torch.cuda.current_device()
-    peak = measured_bf16_peak_tflops(index)
+    peak = clock.peak_tflops(judge.device, "bf16")  # measured here, in the harness, by the one clock
     floor_ms = size.flops / (peak * 1e12) * 1e3
     got = max(timing["event_ms"], timing["host_ms"])
     metrics = {"time_ms": got, "floor_ms": floor_ms, "bf16_peak_tflops": peak}

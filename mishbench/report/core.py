@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .csvschema import BASELINE_IMPLS, COLUMNS, ROW_KEY
+from mishbench.schema import BASELINE_IMPLS, COLUMNS, ROW_KEY
 
 NUMERIC = ["batch", "in_features", "out_features", "median_ms", "p20_ms", "p80_ms", "iters", "tflops",
            "pct_of_peak", "speedup_vs_eager", "speedup_vs_compile", "speedup_vs_fp32_eager", "rel_err",

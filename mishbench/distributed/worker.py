@@ -1,15 +1,16 @@
 """One rank of `mishbench verify --distributed N` (and of `bench --distributed N`), launched by torchrun.
 
-    python -m torch.distributed.run --nproc_per_node N ... -m mishbench.distributed_worker --job DIR
+    python -m torch.distributed.run --nproc_per_node N ... -m mishbench.distributed.worker --job DIR
 
 DIR/job.pt (written by the launcher) holds the config, the initial state and the global batch (float64, so
 every rank and the launcher see the same values). Each rank trains ModelNew and the reference Model on its
 contiguous shard of the batch under DistributedDataParallel and then FSDP; rank 0 writes DIR/result.pt after
-each engine (so a later failure keeps the earlier results). A job with kind "bench" times DDP training
-steps instead (distributed_bench.run_rank). A rank that fails writes DIR/rank<r>.err with one
-line saying where and why, then re-raises so torchrun stops the others.
+each engine (so a later failure keeps the earlier results). A job that names an entry point runs that
+instead (bench's DDP step: mishbench.bench.ddp:run_rank). A rank that fails writes DIR/rank<r>.err with
+one line saying where and why, then re-raises so torchrun stops the others.
 """
 import argparse
+import importlib
 import datetime
 import os
 import sys
@@ -42,7 +43,7 @@ def find_fully_shard() -> Optional[Callable]:
         return None
 
 
-def _fault(step: int) -> None:
+def fault(step: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     if not spec or not dist.is_initialized():
         return
@@ -65,7 +66,7 @@ def train(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: 
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     losses = []
     for step in range(steps):
-        _fault(step)
+        fault(step)
         opt.zero_grad(set_to_none=True)
         loss = ((model(x) - target) ** 2).mean()
         loss.backward()
@@ -114,9 +115,9 @@ def _full_state(engine: str, wrapped: torch.nn.Module, model: torch.nn.Module) -
 
 
 def _run(engine: str, which: str, job: dict, device: torch.device) -> Dict[str, object]:
-    from .model import ModelNew
-    from .precision import eager_matmul_mode
-    from .reference import Model
+    from mishbench.op.model import ModelNew
+    from mishbench.op.precision import eager_matmul_mode
+    from mishbench.op.reference import Model
 
     cfg = job["config"]
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -165,8 +166,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         stage = "init_process_group"
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=cfg["collective_timeout"]))
-        if job.get("kind") == "bench":  # `bench --distributed N`: see distributed_bench.py
-            from .distributed_bench import run_rank
+        if job.get("entry"):
+            # Another command's rank work (`bench --distributed N` names mishbench.bench.ddp:run_rank): the
+            # entry point is named by the job, so this floor never imports the command above it.
+            module, _, func = str(job["entry"]).partition(":")
+            run_rank = getattr(importlib.import_module(module), func)
 
             def set_stage(what: str) -> None:
                 nonlocal stage

@@ -97,11 +97,12 @@ def check_combination(precision: Optional[str], dtype: torch.dtype) -> None:
         raise ValueError(f"precision {precision!r} applies to fp32 inputs only, not {dtype_name(dtype)}")
 
 
-def _constant_under_compile(fn):
-    """Let torch.compile(fullgraph=True) trace ModelNew.forward (issue 7): dynamo cannot trace the C getter
-    behind torch.backends.cuda.matmul.fp32_precision (graph break), so it evaluates `fn` at trace time and
-    bakes the result (a mode name) into the graph; a later change of the matmul flags recompiles (checked
-    on torch 2.14). No-op in eager mode and on torch < 2.1, which has no torch.compiler."""
+def constant_under_compile(fn):
+    """torch.compile evaluates `fn` once at trace time and bakes its result into the graph instead of
+    tracing it. For what dynamo cannot trace: the C getter behind torch.backends.cuda.matmul.fp32_precision
+    (a graph break under fullgraph=True; a later change of the matmul flags recompiles, checked on torch
+    2.14), and loading the extension (file I/O, time.perf_counter: "cannot trace time.perf_counter" on the
+    H100). No-op in eager mode and on torch < 2.1, which has no torch.compiler."""
     mark = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
     return mark(fn) if mark is not None else fn
 
@@ -111,7 +112,7 @@ def _constant_under_compile(fn):
 _EXPLICIT_MODES: Dict[Tuple[str, torch.dtype, torch.device], str] = {}
 
 
-@_constant_under_compile
+@constant_under_compile
 def resolve_precision(precision: Optional[str], dtype: torch.dtype, device: torch.device) -> str:
     """The mode that actually runs for inputs of `dtype` on `device`.
 

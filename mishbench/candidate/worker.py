@@ -1,9 +1,9 @@
-"""The candidate's side of the trust boundary: `python -m mishbench.candidate_worker` (issue 6).
+"""The candidate's side of the trust boundary: `python -m mishbench.candidate.worker`.
 
-Started by candidate.py in a temporary working directory with a scrubbed environment. It imports the
-candidate file (building any inline extension), then serves requests until its stdin closes: each request
-and reply is a length-prefixed `torch.save` of a dict of tensors, strings and numbers (the harness reads
-replies with `weights_only=True`, so a reply cannot run code there). Tensors arrive and leave on the CPU.
+Started by process.py in a temporary working directory with a scrubbed environment. It imports the
+candidate file (building any inline extension), then serves requests until its stdin closes (protocol.py).
+It imports torch, the protocol and the clock, nothing else of mishbench: everything it could reach, the
+candidate can rewrite.
 
 Nothing here is trusted by the harness for correctness: reference outputs and gradients are computed in the
 harness. What the worker reports beyond outputs (input mutation, aliasing, backend flags, timings) feeds the
@@ -12,9 +12,7 @@ this file on purpose.
 """
 import gc
 import importlib.util
-import io
 import os
-import struct
 import sys
 import time
 import traceback
@@ -22,35 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-HEADER = struct.Struct(">Q")
-MAX_MESSAGE = 1 << 36  # 64 GiB: far above any tensor we send; a garbled header is caught before allocating
-CANDIDATE_FILE = "candidate.py"
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-          "bfloat16": torch.bfloat16, "int64": torch.int64}
-
-
-# --------------------------------------------------------------------------------------------- framing
-def encode(message: Dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(message, buf)
-    data = buf.getvalue()
-    return HEADER.pack(len(data)) + data
-
-
-def decode(data: bytes) -> Dict[str, Any]:
-    """weights_only: plain containers, strings, numbers and tensors only, in both directions."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def _read_exact(stream, n: int) -> Optional[bytes]:
-    chunks, got = [], 0
-    while got < n:
-        chunk = stream.read(n - got)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+from mishbench import clock
+from mishbench.candidate.protocol import CANDIDATE_FILE, DTYPES, HEADER, MAX_MESSAGE, decode, encode, read_exact
 
 
 # ------------------------------------------------------------------------------------- backend flags
@@ -351,49 +322,31 @@ class Worker:
         return {"error": None, "raised": None}
 
     def op_time(self, req):
-        """CUDA-event time on the current stream and host time around a device-wide synchronize, per call,
-        with L2 flushed before each (DESIGN.md, "How performance is measured"). On the CPU (the tests) the
-        host time stands in for the event time and there is no peak memory."""
+        """Per call: CUDA-event time on the current stream and host time around a device-wide synchronize,
+        L2 flushed before each, by the one clock (clock.py); on the CPU (the tests) the host clock stands in
+        for the events and there is no peak memory."""
         cuda = self.device.type == "cuda"
         x = req["x"].to(self.device)
         model = self._model(req["size"], self.device, x.dtype, req)
         grad_y = req.get("grad_y")
         grad_y = grad_y.to(self.device) if grad_y is not None else None
-        flush = torch.empty(int(req.get("flush_bytes", 0)) // 4 + 1, device=self.device, dtype=torch.float32)
 
-        def call():
+        def call(xx):
             if grad_y is None:
                 with torch.no_grad():
-                    return model(x)
-            xx = x.detach().requires_grad_()
+                    return model(xx)
+            xx = xx.detach().requires_grad_()
             y = model(xx)
             y.backward(grad_y)
             return y
 
-        t_end = time.perf_counter() + float(req.get("warmup_s", 0.1))
-        n = 0
-        while n < int(req.get("warmup", 10)) or time.perf_counter() < t_end:
-            call()
-            n += 1
-        _sync(self.device)
-        event_ms, host_ms = [], []
-        for _ in range(int(req.get("iters", 30))):
-            flush.fill_(1.0)
-            model.zero_grad(set_to_none=True)
-            _sync(self.device)
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            t0 = time.perf_counter()
-            if cuda:
-                start.record()
-            call()
-            if cuda:
-                end.record()
-            _sync(self.device)
-            host_ms.append((time.perf_counter() - t0) * 1e3)
-            event_ms.append(start.elapsed_time(end) if cuda else host_ms[-1])
+        iters = int(req.get("iters", 30))
+        timer = clock.time_cuda if cuda else clock.time_cpu
+        t = timer(call, [x], warmup=int(req.get("warmup", 10)), warmup_ms=1e3 * float(req.get("warmup_s", 0.1)),
+                  iters=iters, max_iters=iters, budget_s=None, setup=lambda _: model.zero_grad(set_to_none=True),
+                  device=self.device if cuda else None)
         self._note_flags("timed calls")
-        return {"event_ms": event_ms, "host_ms": host_ms, "warmup": n,
+        return {"event_ms": list(t.samples), "host_ms": list(t.host_samples),
                 "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
                 "flag_changes": list(self.flag_changes)}
 
@@ -445,13 +398,13 @@ def main() -> int:
             pass
     worker = Worker()
     while True:
-        head = _read_exact(proto_in, HEADER.size)
+        head = read_exact(proto_in, HEADER.size)
         if head is None:
             return 0
         (n,) = HEADER.unpack(head)
         if n > MAX_MESSAGE:
             return 3
-        data = _read_exact(proto_in, n)
+        data = read_exact(proto_in, n)
         if data is None:
             return 0
         req = decode(data)

@@ -1,0 +1,239 @@
+"""The harness's side of a candidate: `RemoteRunner`, a `truth.Runner` over the candidate's process, and the
+`build` row.
+
+Trust boundary: reference outputs and gradients are computed only in the harness (truth.py); the worker
+gets inputs and parameters and returns outputs (protocol.py and worker.py document the exchange). Because
+`RemoteRunner` is a `truth.Runner`, the candidate meets the same verify checks as our ModelNew; the static
+checks are in static.py and the anti-cheat checks in anticheat.py.
+"""
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from mishbench.candidate.process import DEFAULT_ARCH_NO_GPU, CandidateError, Limits, WorkerProcess
+from mishbench.candidate.protocol import dtype_name_full
+from mishbench.candidate.source import Candidate
+from mishbench.candidate.static import kernel_usage, map_compiler_errors
+from mishbench.op.precision import resolve_precision
+from mishbench.schema import Check
+from mishbench.shapes import Size
+from mishbench.truth import Runner
+
+
+class RemoteRunner(Runner):
+    """verify.Runner over a WorkerProcess. Also collects what the worker observed for the anti-cheat checks."""
+
+    def __init__(self, candidate: Candidate, device: torch.device, dtype: torch.dtype,
+                 precision: Optional[str] = None, limits: Optional[Limits] = None):
+        self.candidate, self.device, self.dtype = candidate, device, dtype
+        self._precision = precision
+        self.limits = limits or Limits.from_env()
+        self.subject = str(candidate.path)
+        self.proc: Optional[WorkerProcess] = None
+        self.fatal: List[str] = []
+        self.load_reply: Optional[Dict[str, Any]] = None
+        self.observations: List[str] = []
+        self.flag_changes: List[str] = []
+        self._init_cache: Dict[Tuple[Size, int], Dict[str, torch.Tensor]] = {}
+        self._sent_state: Optional[Tuple[Any, ...]] = None
+        self._state_serial = 0
+
+    # -- process --------------------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self, kill: bool = False) -> None:
+        """End the worker: gracefully between requests, or (kill) at once, e.g. on Ctrl-C mid-request."""
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            proc.close(graceful=not kill)
+
+    def load(self) -> Dict[str, Any]:
+        """Start the worker and import the candidate (builds included). The reply: ok, error, builds."""
+        self.proc = WorkerProcess(self.candidate, self.device, self.limits)
+        self._sent_state = None
+        reply = self.proc.request({"op": "load", "device": str(self.device), "dtype": dtype_name_full(self.dtype)},
+                                  self.limits.load_s)
+        self.flag_changes = list(reply.get("flag_changes") or self.flag_changes)
+        if self.load_reply is None:
+            self.load_reply = reply
+        return reply
+
+    def request(self, message: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
+        if len(self.fatal) >= self.limits.max_fatal:
+            raise CandidateError(f"not run: the candidate process failed {len(self.fatal)} times "
+                                 f"(first: {self.fatal[0]})")
+        if self.proc is None or self.proc.proc.poll() is not None:
+            if self.proc is not None:
+                self.proc.close()
+            try:
+                reply = self.load()
+            except CandidateError as exc:  # a restart that crashes or hangs counts too: no restart loop
+                self.fatal.append(str(exc))
+                raise
+            if not reply.get("ok"):
+                raise CandidateError(f"candidate did not load: {reply.get('load_error')}")
+        try:
+            reply = self.proc.request(message, timeout or self.limits.call_s)  # type: ignore[union-attr]
+        except CandidateError as exc:
+            if self.proc is not None and self.proc.proc.poll() is not None:  # died or was killed
+                self.fatal.append(str(exc))
+                self._sent_state = None
+            raise
+        self.observations += [o for o in reply.get("observations") or [] if o not in self.observations]
+        self.flag_changes = list(reply.get("flag_changes") or self.flag_changes)
+        return reply
+
+    def release(self) -> None:
+        """Between bench cases, while the harness times its baselines: the worker drops its models, states and
+        cached device memory and starts a new peak-memory count. A dead worker is not restarted for this."""
+        if self.proc is None or self.proc.proc.poll() is not None:
+            return
+        self._sent_state = None  # the worker forgot the state: send it again next time
+        self.request({"op": "release"})
+
+    def _state_fields(self, state) -> Dict[str, Any]:
+        """Send the state only when it changed since the last request (KernelBench's is 256 MB)."""
+        fp = (id(state),) + tuple((k, v.data_ptr(), v._version, tuple(v.shape), str(v.dtype), str(v.device))
+                                  for k, v in state.items())
+        if self._sent_state is not None and self._sent_state[0] == fp:
+            return {"state": None, "state_key": self._sent_state[1]}
+        self._state_serial += 1
+        self._sent_state = (fp, self._state_serial, state)  # keeps `state` alive so its ids are not reused
+        return {"state": {k: v.detach().cpu() for k, v in state.items()}, "state_key": self._state_serial}
+
+    # -- Runner interface -------------------------------------------------------------------------------
+    def impl(self, device):
+        return "candidate"
+
+    def precision(self, dtype, device):
+        return resolve_precision(self._precision, dtype, device)
+
+    def init_state(self, size, seed):
+        key = (Size(*size), int(seed))
+        if key not in self._init_cache:
+            reply = self.request({"op": "init_state", "size": tuple(size), "seed": int(seed)})
+            self._init_cache = {key: reply["state"]}
+        return self._init_cache[key]
+
+    def run(self, size, state, x, grad_y):
+        msg = {"op": "run", "size": tuple(size), "x": x.detach().cpu(),
+               "grad_y": grad_y.detach().cpu() if grad_y is not None else None}
+        msg.update(self._state_fields(state))
+        reply = self.request(msg)
+        y = _tensor(reply.get("y"), "output").to(x.device)
+        grads = reply.get("grads")
+        if grads is not None:
+            grads = {k: v.to(x.device) for k, v in grads.items() if isinstance(v, torch.Tensor)}
+        return y, grads
+
+    def run_seq(self, size, state, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        msg = {"op": "run_seq", "size": tuple(size), "xs": [x.detach().cpu() for x in xs]}
+        msg.update(self._state_fields(state))
+        reply = self.request(msg)
+        return [_tensor(y, "output").to(xs[0].device) for y in reply["ys"]]
+
+    def time(self, size, state, x, grad_y=None, warmup: int = 10, iters: int = 30, flush_bytes: int = 0,
+             warmup_s: float = 0.1) -> Dict[str, Any]:
+        msg = {"op": "time", "size": tuple(size), "x": x.detach().cpu(), "warmup": warmup, "iters": iters,
+               "grad_y": grad_y.detach().cpu() if grad_y is not None else None, "flush_bytes": flush_bytes,
+               "warmup_s": warmup_s}
+        msg.update(self._state_fields(state))
+        return self.request(msg, self.limits.call_s)
+
+    def call_error(self, size, x, param_device, param_dtype):
+        reply = self.request({"op": "call_error", "size": tuple(size), "x": x.detach().cpu(),
+                              "x_device": str(x.device), "param_device": str(param_device),
+                              "param_dtype": dtype_name_full(param_dtype)})
+        return reply.get("raised")
+
+    def gradcheck(self, size, device):
+        """torch.autograd.gradcheck run HERE, through an autograd Function whose forward and backward are
+        requests to the worker: a candidate that patches gradcheck in its own process gains nothing."""
+        gen = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+                   for shape in ((size.batch, size.in_features), (size.out_features, size.in_features),
+                                 (size.out_features,)))
+        runner = self
+
+        class Remote(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, xx, ww, bb):
+                ctx.save_for_backward(xx, ww, bb)
+                y, _ = runner.run(size, {"linear.weight": ww.detach(), "linear.bias": bb.detach()}, xx, None)
+                return y
+
+            @staticmethod
+            def backward(ctx, gy):
+                xx, ww, bb = ctx.saved_tensors
+                _, g = runner.run(size, {"linear.weight": ww.detach(), "linear.bias": bb.detach()}, xx, gy)
+                g = g or {}
+                return g.get("x"), g.get("linear.weight"), g.get("linear.bias")
+
+        try:
+            ok = torch.autograd.gradcheck(Remote.apply, (x, w, b), eps=1e-6, atol=1e-6, rtol=1e-5,
+                                          raise_exception=True)
+        except CandidateError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - gradcheck reports through its exception
+            return False, " ".join(str(exc).split())[:300]
+        return bool(ok), ""
+
+
+def _tensor(value, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise CandidateError(f"the candidate's {what} is {type(value).__name__}, not a Tensor")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- build
+def build_check(candidate: Candidate, reply: Optional[Dict[str, Any]], error: str, device: torch.device) -> Check:
+    """The `build` row: inline extensions compiled (errors mapped to candidate lines), or why not."""
+    parsed = candidate.parsed
+    origin = "" if candidate.origin == "file" else f"from {candidate.origin}: "
+    metrics: Dict[str, Any] = {"source": candidate.origin}
+    if parsed.tree is None:
+        line = int(re.search(r"line (\d+)", parsed.syntax_error).group(1)) \
+            if re.search(r"line (\d+)", parsed.syntax_error) else 0
+        return Check("build", "fail", f"{origin}the code does not parse: candidate line {line}: "
+                                      f"{parsed.syntax_error.split(': ', 1)[-1]}", metrics)
+    builds = (reply or {}).get("builds") or []
+    metrics["extensions"] = [b.get("name") for b in builds]
+    failed = [b for b in builds if not b.get("ok")]
+    if failed:
+        from mishbench.op.build import parse_errors
+        b = failed[0]
+        log = str(b.get("error", ""))
+        log_path = Path(b.get("build_dir") or tempfile.gettempdir()) / "mishbench_build.log"
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(log)
+        except OSError:
+            log_path = Path("(not written)")
+        errors = map_compiler_errors(parse_errors(log), b.get("sources") or {}, b.get("build_dir", ""), parsed)
+        first = "; ".join(errors[:3]) if errors else " ".join(log.split())[:300]
+        return Check("build", "fail", f"{origin}inline extension {b.get('name')!r} failed to build: {first}; "
+                                      f"full log: {log_path}", metrics)
+    if error:
+        if builds and device.type != "cuda" and "cuda" in error.lower():
+            return Check("build", "pass", f"{origin}{len(builds)} inline extension(s) compiled for sm "
+                                          f"{os.environ.get('TORCH_CUDA_ARCH_LIST') or DEFAULT_ARCH_NO_GPU}; "
+                                          f"not loadable without a GPU ({error[:150]})", metrics)
+        return Check("build", "fail", f"{origin}importing the candidate failed: {error}", metrics)
+    usage = kernel_usage(parsed)
+    if builds:
+        secs = sum(float(b.get("seconds", 0.0)) for b in builds)
+        return Check("build", "pass", f"{origin}{len(builds)} inline extension(s) built and loaded "
+                                      f"({', '.join(str(b.get('name')) for b in builds)}; {secs:.1f} s incl. cache)",
+                     metrics)
+    if not usage:
+        return Check("build", "warn", f"{origin}no custom kernel: plain PyTorch (nothing to build)", metrics)
+    return Check("build", "pass", f"{origin}nothing to build; custom kernels via {', '.join(usage)}", metrics)

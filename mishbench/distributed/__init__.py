@@ -1,0 +1,1 @@
+"""The rank entry point (`python -m mishbench.distributed.worker`) that verify and bench share. Floor 2."""

@@ -1,0 +1,1 @@
+"""`mishbench report`: merge result CSVs into tables and plots. Floor 3."""
