@@ -104,7 +104,7 @@ TORCH_LIBRARY_IMPL(mishbench, Autograd, m) { m.impl("linear_mish_mish", &linear_
 }  // namespace mishbench
 
 // ---------------------------------------------------------------------------------------------------------
-// The fast Python entry point (issue 5: launch-bound shapes pay host time in full).
+// The fast Python entry point (launch-bound shapes pay host time in full).
 //
 // linear_mish_mish(x, weight, bias, precision) -> y calls the same op through the same dispatcher as
 // torch.ops.mishbench.linear_mish_mish.default -- Autograd key, profiler, dispatch modes (FakeTensor, ...),

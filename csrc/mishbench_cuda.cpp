@@ -125,7 +125,7 @@ void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, i
 namespace {
 
 // The forward of both ops. z is written only when it is defined (save_z); the plain op passes an undefined
-// z and so skips the allocation of linear_mish_mish_fwd's empty placeholder (issue 5: launch-bound shapes
+// z and so skips the allocation of linear_mish_mish_fwd's empty placeholder (launch-bound shapes
 // pay every allocation in host time).
 at::Tensor forward_into(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                         c10::string_view precision, at::Tensor* z_out) {

@@ -61,7 +61,7 @@ if has overhead; then
 fi
 
 if has candidate; then
-  # Issue 6 on the GPU: a correct CUDA candidate's rows beside eager and mishbench in one table.
+  # Candidates on the GPU: a correct CUDA candidate's rows beside eager and mishbench in one table.
   timeout 300 $py -m mishbench bench --candidate tests/candidates/cuda_fused_ok.py --preset small --mode all \
     --precision 3xtf32 --out "$OUT/results-candidate.csv" > "$OUT/bench-candidate.log" 2>&1
   note "bench --candidate cuda_fused_ok.py rc=$?"; tail -8 "$OUT/bench-candidate.log"

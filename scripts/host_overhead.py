@@ -1,4 +1,4 @@
-"""Where the host time of a launch-bound call goes (issue 5, the 128x10x20 targets): times each layer of the
+"""Where the host time of a launch-bound call goes (the 128x10x20 targets): times each layer of the
 forward and forward+backward stack at a small shape, so the next cut is chosen by measurement.
 
     python scripts/host_overhead.py [--size 128x10x20] [--iters 2000] [--device cuda|cpu]

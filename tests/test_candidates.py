@@ -307,7 +307,7 @@ def test_candidate_on_gpu(name):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# bench --candidate: ONE worker for the whole run (issue 6), driven on the CPU with the host-clock timer
+# bench --candidate: ONE worker for the whole run, driven on the CPU with the host-clock timer
 # ---------------------------------------------------------------------------------------------------------
 CRASHES_AT_BATCH_3 = '''import os
 import torch.nn as nn

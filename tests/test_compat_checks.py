@@ -1,11 +1,14 @@
-"""Compiler / runtime compatibility checks of `verify` (issue 7): compile, autocast, cuda_graph,
+"""Compiler / runtime compatibility checks of `verify`: compile, autocast, cuda_graph,
 serialization, inference_mode — on the CPU here (composite path), on the GPU where marked `cuda`."""
 import pytest
 import torch
 
 from mishbench.op import ops
 
+from mishbench.truth import guard
+from mishbench.verify import compat
 from mishbench.verify import core as verify
+from mishbench.verify.builtin import BuiltinRunner
 from mishbench.op.model import ModelNew
 from mishbench.op.reference import Model
 
@@ -13,14 +16,14 @@ HAS_COMPILE_CHECK = ops.HAS_TORCH_LIBRARY_FAKE  # torch >= 2.4
 
 
 def _check(name, device="cpu", dtype=torch.float32, seed=1234):
-    v = verify.Verifier(verify.BuiltinRunner(None), torch.device(device), dtype, seed)
-    fns = dict(v._compat_checks())
-    return v._guard(name, fns[name])
+    v = verify.Verifier(BuiltinRunner(None), torch.device(device), dtype, seed)
+    fns = dict(compat.checks(v))
+    return guard(name, fns[name])
 
 
 def test_registered_in_run_all():
-    v = verify.Verifier(verify.BuiltinRunner(None), torch.device("cpu"), torch.float32, 1)
-    assert [n for n, _ in v._compat_checks()] == ["compile", "autocast", "cuda_graph", "serialization",
+    v = verify.Verifier(BuiltinRunner(None), torch.device("cpu"), torch.float32, 1)
+    assert [n for n, _ in compat.checks(v)] == ["compile", "autocast", "cuda_graph", "serialization",
                                                  "inference_mode"]
 
 
@@ -76,25 +79,25 @@ def test_inference_mode_passes_on_cpu():
     assert "grad_fn None" in c.detail
 
 
-class _NoCompat(verify.BuiltinRunner):
+class _NoCompat(BuiltinRunner):
     def compat(self, *args, **kwargs):
         raise NotImplementedError("not in this runner")
 
 
 def test_runner_without_compat_skips():
     v = verify.Verifier(_NoCompat(None), torch.device("cpu"), torch.float32, 1)
-    c = v._guard("serialization", v.check_serialization)
+    c = guard("serialization", lambda: compat.check_serialization(v))
     assert c.status == "skip" and "not in this runner" in c.detail
 
 
 def test_inference_mode_catches_a_kept_graph():
-    class Leaky(verify.BuiltinRunner):
+    class Leaky(BuiltinRunner):
         def compat(self, mode, size, state, x, grad_y=None):
             y, grads, facts = super().compat(mode, size, state, x, grad_y)
             facts["grad_fn"] = "LeakyBackward"
             return y, grads, facts
     v = verify.Verifier(Leaky(None), torch.device("cpu"), torch.float32, 1)
-    c = v._guard("inference_mode", v.check_inference_mode)
+    c = guard("inference_mode", lambda: compat.check_inference_mode(v))
     assert c.status == "fail" and "LeakyBackward" in c.detail
 
 

@@ -168,7 +168,7 @@ def test_inference_mode_and_no_grad_run_without_saving():
 
 
 def test_fast_entry_taken_and_same_as_the_opoverload(monkeypatch):
-    """ModelNew's forward on CUDA goes through the extension's C entry point (issue 5), which gives bit for
+    """ModelNew's forward on CUDA goes through the extension's C entry point, which gives bit for
     bit what torch.ops gives; a tensor subclass (it has __torch_function__) takes the OpOverload instead; a
     bad input still raises the CPU path's ValueError."""
     fast = ops._ext_state["fast"]

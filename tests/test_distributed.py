@@ -1,4 +1,4 @@
-"""`verify --distributed N` (issue 7): DDP and FSDP with torchrun on the CPU (gloo), failure paths, usage errors.
+"""`verify --distributed N`: DDP and FSDP with torchrun on the CPU (gloo), failure paths, usage errors.
 
 Each torchrun launch costs ~8-15 s on a 2-core CPU (torchrun and every rank import torch), so the passing
 run is shared by the tests that read it.

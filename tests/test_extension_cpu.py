@@ -1,4 +1,4 @@
-"""The extension's C++ side that is not CUDA, on the CPU (issue 5): the ops' CPU kernels, the C++ autograd
+"""The extension's C++ side that is not CUDA, on the CPU: the ops' CPU kernels, the C++ autograd
 Function, and the fast Python entry point `linear_mish_mish` of the built module (csrc/mishbench.cpp) with
 its argument and error handling. Needs the compiled extension (`build`: nvcc, no GPU); one build per session.
 """

@@ -10,12 +10,12 @@ from mishbench.schema import append_rows, new_row
 from cli_helpers import cli_output
 
 
-def row(run, impl, ms, mode="fwd", dtype="fp32", precision=None, klass="fp32", shape=(1024, 8192, 8192),
+def row(run, impl, ms, mode="fwd", dtype="fp32", precision=None, accuracy="fp32", shape=(1024, 8192, 8192),
         gpu="NVIDIA H100 80GB HBM3", status="ok", stamp="2026-01-01T00:00:00+00:00", **kw):
     precision = precision or ("ieee" if dtype == "fp32" else "native")
     b, k, n = shape
     return new_row(run_id=run, timestamp=stamp, git_sha="abc", gpu=gpu, driver="580", torch="2.11", cuda="13.0",
-                   world_size=1, impl=impl, mode=mode, dtype=dtype, precision=precision, accuracy_class=klass,
+                   world_size=1, impl=impl, mode=mode, dtype=dtype, precision=precision, accuracy_class=accuracy,
                    batch=b, in_features=k, out_features=n, median_ms=ms if status == "ok" else None,
                    p20_ms=ms, p80_ms=ms, iters=30, tflops=1.0, pct_of_peak=50.0, seed=1, status=status, **kw)
 
@@ -31,11 +31,11 @@ def two_csvs(tmp_path):
         row("r1", "mishbench", 7.0, mode="fwd_bwd", precision="3xtf32", speedup_vs_eager=1.23),
     ])
     append_rows(b, [
-        row("r2", "eager", 0.207, dtype="bf16", klass="bf16"),
-        row("r2", "mishbench", 0.18, dtype="bf16", klass="bf16", speedup_vs_eager=1.15),
-        row("r2", "eager", 0.378, precision="tf32", klass="tf32"),
-        row("r2", "eager", 2.70, precision="ieee", klass="fp32", shape=(128, 10, 20)),
-        row("r2", "mishbench", 0.30, precision="tf32", klass="tf32", speedup_vs_eager=1.26, speedup_vs_fp32_eager=9.1),
+        row("r2", "eager", 0.207, dtype="bf16", accuracy="bf16"),
+        row("r2", "mishbench", 0.18, dtype="bf16", accuracy="bf16", speedup_vs_eager=1.15),
+        row("r2", "eager", 0.378, precision="tf32", accuracy="tf32"),
+        row("r2", "eager", 2.70, precision="ieee", accuracy="fp32", shape=(128, 10, 20)),
+        row("r2", "mishbench", 0.30, precision="tf32", accuracy="tf32", speedup_vs_eager=1.26, speedup_vs_fp32_eager=9.1),
     ])
     return a, b
 

@@ -86,15 +86,15 @@ class Plan:
         self.iters = max(int(opts.iters), MIN_ITERS)
         self.dtype = opts.dtype
         self.precision = resolve_precision(opts.precision, opts.dtype, device)
-        self.klass = accuracy_class(self.precision, opts.dtype)
-        tf32 = self.klass == "tf32"
+        self.accuracy = accuracy_class(self.precision, opts.dtype)
+        tf32 = self.accuracy == "tf32"
         base_prec = "native" if opts.dtype != torch.float32 else ("tf32" if tf32 else "ieee")
         self.subject_impl = "mishbench" if ModelNew(1, 1).implementation(device) == "cuda" else "composite"
-        self.specs = [Spec(b, base_prec, self.klass, tf32) for b in opts.baselines]
+        self.specs = [Spec(b, base_prec, self.accuracy, tf32) for b in opts.baselines]
         if tf32:  # KernelBench compares against strict-fp32 eager: measure it too
             self.specs.append(Spec("eager", "ieee", "fp32", False))
-        self.specs.append(Spec(self.subject_impl, self.precision, self.klass, tf32))
-        self.candidate_spec = Spec("candidate", self.precision, self.klass, tf32)
+        self.specs.append(Spec(self.subject_impl, self.precision, self.accuracy, tf32))
+        self.candidate_spec = Spec("candidate", self.precision, self.accuracy, tf32)
         self.provenance = {
             "run_id": self.run_id, "git_sha": envinfo.git_sha(),
             "gpu": envinfo.gpu_name(device) if device.type == "cuda" else "cpu",
@@ -109,7 +109,7 @@ class Plan:
 
     def base_row(self, size: Size, mode: str, spec: Spec) -> Row:
         return new_row(impl=spec.impl, mode=mode, dtype=dtype_name(self.dtype), precision=spec.precision,
-                       accuracy_class=spec.klass, batch=size.batch, in_features=size.in_features,
+                       accuracy_class=spec.accuracy, batch=size.batch, in_features=size.in_features,
                        out_features=size.out_features, seed=self.seed, **self.provenance)
 
     def planned_keys(self, size: Size, mode: str) -> List[tuple]:

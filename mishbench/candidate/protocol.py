@@ -38,6 +38,6 @@ def read_exact(stream, n: int) -> Optional[bytes]:
     return b"".join(chunks)
 
 
-def dtype_name_full(dtype: torch.dtype) -> str:
+def torch_dtype_name(dtype: torch.dtype) -> str:
     """'float32', 'bfloat16', ...: the keys of DTYPES."""
     return str(dtype).replace("torch.", "")

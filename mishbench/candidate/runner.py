@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from mishbench.candidate.process import DEFAULT_ARCH_NO_GPU, CandidateError, Limits, WorkerProcess
-from mishbench.candidate.protocol import dtype_name_full
+from mishbench.candidate.protocol import torch_dtype_name
 from mishbench.candidate.source import Candidate
 from mishbench.candidate.static import kernel_usage, map_compiler_errors
 from mishbench.op.precision import resolve_precision
@@ -60,7 +60,7 @@ class RemoteRunner(Runner):
         """Start the worker and import the candidate (builds included). The reply: ok, error, builds."""
         self.proc = WorkerProcess(self.candidate, self.device, self.limits)
         self._sent_state = None
-        reply = self.proc.request({"op": "load", "device": str(self.device), "dtype": dtype_name_full(self.dtype)},
+        reply = self.proc.request({"op": "load", "device": str(self.device), "dtype": torch_dtype_name(self.dtype)},
                                   self.limits.load_s)
         self.flag_changes = list(reply.get("flag_changes") or self.flag_changes)
         if self.load_reply is None:
@@ -152,7 +152,7 @@ class RemoteRunner(Runner):
     def call_error(self, size, x, param_device, param_dtype):
         reply = self.request({"op": "call_error", "size": tuple(size), "x": x.detach().cpu(),
                               "x_device": str(x.device), "param_device": str(param_device),
-                              "param_dtype": dtype_name_full(param_dtype)})
+                              "param_dtype": torch_dtype_name(param_dtype)})
         return reply.get("raised")
 
     def gradcheck(self, size, device):

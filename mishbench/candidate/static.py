@@ -1,4 +1,4 @@
-"""Static checks of a candidate's source (issue 6): read the AST and the inline C++/CUDA strings, run nothing.
+"""Static checks of a candidate's source: read the AST and the inline C++/CUDA strings, run nothing.
 
 `static_inputs_unchanged`, `static_imports`, `static_deprecated`, `static_fallback`, plus the facts the
 other checks need: whether the file has a custom kernel at all, and where each string constant (an

@@ -34,7 +34,7 @@ class ModelNew(nn.Module):
         return ops.implementation(device if device is not None else self.linear.weight.device)
 
     def forward(self, x):
-        # Launch-bound shapes pay this method's host time in full (issue 5), so: the parameters are read
+        # Launch-bound shapes pay this method's host time in full, so: the parameters are read
         # from the dicts nn.Module keeps them in (self.linear.weight and .bias go through Module.__getattr__
         # twice each: 4.0 µs against 0.25 µs on the 2-core CPU machine); a linear whose weight or bias is
         # not a plain entry there (torch.nn.utils.parametrize; a bias set to None, which then runs the

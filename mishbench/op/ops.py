@@ -186,7 +186,7 @@ def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     x: (..., in_features), weight: (out_features, in_features), bias: (out_features,) -> (..., out_features).
     precision: one of PRECISIONS, already resolved for x's dtype and device (see precision.resolve_precision).
     """
-    # Hot path for launch-bound shapes (issue 5): CUDA, extension loaded, not tracing, no __torch_function__
+    # Hot path for launch-bound shapes: CUDA, extension loaded, not tracing, no __torch_function__
     # (subclasses that define it, torch function modes), no autocast -> the extension's C entry point, which
     # calls the same op through the dispatcher without torch.ops' boxed call path (csrc/mishbench.cpp). The
     # inputs are checked by the C++ host code -- or, under a dispatch mode such as FakeTensorMode, by the
@@ -209,7 +209,6 @@ def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     if op is not None and x.is_cuda and bias is not None and not _autocast_enabled("cuda"):
         _check_inputs(x, weight, bias)
         return op(x, weight, bias, precision)
-    # --- autocast (issue 7) ---------------------------------------------------------------------------
     # Under torch.autocast behave like nn.Linear does: cast x/weight/bias (floating, not float64) to the
     # autocast dtype, run the op in it with autocast off (so nothing inside is cast again), and return that
     # dtype; gradients flow back through the casts to the fp32 leaves. Half dtypes run 'native'.
@@ -221,7 +220,6 @@ def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
                 return linear_mish_mish(
                     x.to(amp_dtype), weight.to(amp_dtype), None if bias is None else bias.to(amp_dtype),
                     "native" if amp_dtype in (torch.float16, torch.bfloat16) else precision)
-    # --- end autocast (issue 7) -----------------------------------------------------------------------
     # Checked here for both paths, so a bad input gets the same one-line error on the CPU and on CUDA
     # (~1 µs of host time; the C++ host code checks again for direct torch.ops callers).
     _check_inputs(x, weight, bias)
@@ -232,7 +230,7 @@ def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     return _CompositeLinearMishMish.apply(x, weight, bias, precision)
 
 
-# --- autocast (issue 7) -----------------------------------------------------------------------------------
+# Autocast: nn.Linear's behaviour under torch.autocast, through the per-device API where torch has it.
 HAS_DEVICE_AUTOCAST_API = TORCH_VERSION >= Version("2.4")  # is_autocast_enabled(device_type), get_autocast_dtype
 
 
@@ -251,7 +249,6 @@ def _autocast_dtype(device_type: str) -> torch.dtype:
     if HAS_DEVICE_AUTOCAST_API:
         return torch.get_autocast_dtype(device_type)
     return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
-# --- end autocast (issue 7) -------------------------------------------------------------------------------
 
 
 def register_fakes() -> None:

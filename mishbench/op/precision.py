@@ -108,7 +108,7 @@ def constant_under_compile(fn):
 
 
 # resolve_precision's answers for explicit modes, which depend only on (precision, dtype, device): every
-# forward asks, and launch-bound shapes pay the ~1.5 µs of the full resolution in host time (issue 5).
+# forward asks, and launch-bound shapes pay the ~1.5 µs of the full resolution in host time.
 _EXPLICIT_MODES: Dict[Tuple[str, torch.dtype, torch.device], str] = {}
 
 

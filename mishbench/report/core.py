@@ -191,8 +191,8 @@ def plot_png(df, path: Path) -> None:
     # Stacked, legends to the right: with every provider × mode × dtype a legend inside the axes hides data.
     fig, (ax_s, ax_t) = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(shapes) + 5), 10))
     for key, grp in ok.groupby(["label", "dtype", "accuracy_class", "mode", "gpu"], sort=True):
-        label, dtype, klass, mode, gpu = key
-        name = f"{label} · {dtype}/{klass} · {mode}" + (f" · {gpu}" if multi_gpu else "")
+        label, dtype, accuracy, mode, gpu = key
+        name = f"{label} · {dtype}/{accuracy} · {mode}" + (f" · {gpu}" if multi_gpu else "")
         grp = grp.sort_values("_flops", kind="mergesort")
         x = [xpos[s] for s in grp["shape"]]
         ax_t.plot(x, grp["tflops"], marker="o", label=name)

@@ -36,7 +36,7 @@ class Verifier:
         self.progress = progress or (lambda msg: None)
         self.judge = Judge(device, dtype, seed, self.precision)
         self.gen = self.judge.gen
-        self.klass, self.tf32 = self.judge.klass, self.judge.tf32
+        self.accuracy, self.tf32 = self.judge.accuracy, self.judge.tf32
 
     # -- checks --------------------------------------------------------------------------------------
     def check_build(self) -> Check:
