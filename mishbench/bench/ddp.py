@@ -45,7 +45,7 @@ from mishbench.op.precision import dtype_name, eager_matmul_mode
 from mishbench.op.reference import Model
 from mishbench.schema import CsvSchemaError, row_key
 from mishbench.shapes import Size
-from mishbench.truth import reference_run
+from mishbench.truth import eager_run, floors, reference_run
 
 ENTRY = "mishbench.bench.ddp:run_rank"
 
@@ -121,10 +121,13 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
                 "linear.bias": grads["linear.bias"]}
     y64, g64 = reference_run(size, state, x0, gy0, torch.float64)
     truth = mine(y64, g64)
+    # Each tensor's floor from the full batch's rounding scales (the sum of the shards' dW, db is the
+    # full batch's): this rank judges its rows of y and dx, and all of dW and db, against those floors.
+    fl = floors(state, x0, gy0, dtype, dict(g64, y=y64))
     eagers: Dict[str, Dict[str, torch.Tensor]] = {}
-    for klass, tf32 in sorted({(s.klass, s.tf32) for s in specs}):
-        ye, ge = reference_run(size, state, x0, gy0, dtype, tf32=tf32)
-        eagers[klass] = mine(ye, ge)
+    for accuracy, tf32 in sorted({(s.accuracy, s.tf32) for s in specs}):
+        ye, ge = eager_run(size, state, x0, gy0, dtype, tf32=tf32)
+        eagers[accuracy] = mine(ye, ge)
     del x0, gy0, y64, g64
 
     result = {"backend": dist.get_backend(), "world_size": world, "specs": {}}
@@ -149,7 +152,7 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
         # DDP averages the gradients over ranks; the shards' sum is the full batch's gradient.
         got["linear.weight"] = got["linear.weight"] * world
         got["linear.bias"] = got["linear.bias"] * world
-        worst = gate(got, truth, eagers[spec.klass], dtype)
+        worst = gate(got, truth, eagers[spec.accuracy], dtype, fl)
         del y, grads, got
         per_rank = [None] * world
         dist.all_gather_object(per_rank, worst)  # every rank takes the same decision: time it or not
@@ -270,7 +273,7 @@ def run_distributed_bench(opts, console, case_timeout: Optional[float] = None,
     console.print(f"bench run {run.run_id[:8]}: DDP training step (forward + backward + gradient all-reduce, "
                   f"mode {MODE}) over {n} rank(s), {where}; {len(todo)} case(s), "
                   f"{len(todo) * len(run.specs)} row(s), {dtype_name(opts.dtype)} precision={run.precision} "
-                  f"(class {run.klass}), seed={run.seed} -> {opts.out}", highlight=False, soft_wrap=True)
+                  f"(class {run.accuracy}), seed={run.seed} -> {opts.out}", highlight=False, soft_wrap=True)
     if skipped:
         console.print(f"--distributed times eager and {run.subject_impl} only: {', '.join(skipped)} not timed "
                       "under DDP", highlight=False)

@@ -27,7 +27,7 @@ from mishbench.op.model import ModelNew
 from mishbench.op.precision import dtype_name
 from mishbench.schema import COLUMNS, CsvSchemaError, Row
 from mishbench.shapes import Size
-from mishbench.truth import reference_run
+from mishbench.truth import eager_run, floors, reference_run
 
 Timer = Callable[..., Timing]
 
@@ -40,6 +40,7 @@ class LocalRun:
         self.plan, self.device, self.timer = plan, plan.device, timer
         self.peak_fn, self.free_memory = peak_fn, free_memory
         self.candidate = None  # candidate.measure.CandidateBench for --candidate: ONE worker for the run
+        self.floors: Dict[str, tuple] = {}  # the current case's (floor, kappa) per checked tensor
 
     # -- building ---------------------------------------------------------------------------------------
     def _inputs(self, size: Size, mode: str) -> List[Inputs]:
@@ -103,16 +104,17 @@ class LocalRun:
         first = inputs[0]
         y64, g64 = reference_run(size, state, first.x, first.grad_y, torch.float64)
         truth = dict(g64 or {}, y=y64)
+        self.floors = floors(state, first.x, first.grad_y, self.plan.dtype, truth)
         eagers: Dict[str, Dict[str, torch.Tensor]] = {}
-        for klass, tf32 in sorted({(s.klass, s.tf32) for s in self.plan.specs}):
-            ye, ge = reference_run(size, state, first.x, first.grad_y, self.plan.dtype, tf32=tf32)
-            eagers[klass] = dict(ge or {}, y=ye)
+        for accuracy, tf32 in sorted({(s.accuracy, s.tf32) for s in self.plan.specs}):
+            ye, ge = eager_run(size, state, first.x, first.grad_y, self.plan.dtype, tf32=tf32)
+            eagers[accuracy] = dict(ge or {}, y=ye)
         live: List[Provider] = []
         watches: Dict[Provider, CompileWatch] = {}
         for spec in self.plan.specs:
             progress(f"{spec.impl}: build and check")
             try:
-                prov, watch = self._prepare(spec, size, mode, inputs, truth, eagers[spec.klass])
+                prov, watch = self._prepare(spec, size, mode, inputs, truth, eagers[spec.accuracy])
             except ProviderFailed as exc:
                 rows[spec]["status"] = exc.status
                 self.plan.note(size, mode, spec, exc.message)
@@ -159,7 +161,7 @@ class LocalRun:
                 own += inputs[0].x.numel() * inputs[0].x.element_size()
                 prov.peak_mem_mb = (torch.cuda.max_memory_allocated(self.device) - before + own) / 2**20
             got = dict(grads, y=y)
-            prov.rel_err, prov.bar_ratio = gate(got, truth, eager, self.plan.dtype)
+            prov.rel_err, prov.bar_ratio = gate(got, truth, eager, self.plan.dtype, self.floors)
             del y, grads, got
             prov.setup(inputs[0])
             return prov, watch
@@ -295,7 +297,7 @@ def run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer,
     per_case = len(plan.specs) + (1 if opts.candidate is not None else 0)
     total = len(todo) * per_case
     console.print(f"bench run {plan.run_id[:8]}: {len(todo)} case(s), {total} row(s), {dtype_name(opts.dtype)} "
-                  f"precision={plan.precision} (class {plan.klass}), seed={plan.seed} -> {opts.out}", highlight=False)
+                  f"precision={plan.precision} (class {plan.accuracy}), seed={plan.seed} -> {opts.out}", highlight=False)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar, ExitStack() as stack:
         task = bar.add_task("starting", total=total)

@@ -47,7 +47,7 @@ class Spec(NamedTuple):
     """A planned row: which implementation, in which precision/class, under which TF32 setting."""
     impl: str
     precision: str
-    klass: str
+    accuracy: str
     tf32: bool
 
 
@@ -154,15 +154,15 @@ def sync(device: torch.device) -> None:
 
 
 def gate(got: Dict[str, torch.Tensor], truth: Dict[str, torch.Tensor], eager: Dict[str, torch.Tensor],
-         dtype: torch.dtype) -> Tuple[float, float]:
+         dtype: torch.dtype, floors: Dict[str, Tuple[float, float]]) -> Tuple[float, float]:
     """The correctness gate: (worst error, its error/bar ratio) over y and the gradients present in `truth`
-    (keys 'y', 'x', 'linear.weight', 'linear.bias'), judged by truth.Compared. A ratio <= 1 passes; a
-    missing or NaN output gives an infinite/NaN ratio, which fails."""
+    (keys 'y', 'x', 'linear.weight', 'linear.bias'), judged by truth.Compared with each tensor's floor
+    (truth.floors). A ratio <= 1 passes; a missing or NaN output gives an infinite/NaN ratio, which fails."""
     worst, worst_ratio = 0.0, -1.0
     for name, ref in truth.items():
         out = got.get(name)
         out = torch.full_like(ref, float("nan")) if out is None else out
-        cmp = Compared(GRAD_LABELS.get(name, name), out, ref, eager[name], dtype)
+        cmp = Compared(GRAD_LABELS.get(name, name), out, ref, eager[name], dtype, *floors.get(name, (None, None)))
         ratio = cmp.err / cmp.bar if cmp.bar > 0 else math.inf
         if ratio > worst_ratio or math.isnan(cmp.err):
             worst, worst_ratio = cmp.err, ratio
