@@ -69,7 +69,7 @@ fi
 
 if has gdb; then
   # Native backtrace of the crash scripts/segv_probe.py found (wrong in_features through torch.ops).
-  timeout 120 cuda-gdb -batch -ex run -ex bt --args $py -c "import torch, mishbench.ops as o; o.implementation('cuda'); torch.ops.mishbench.linear_mish_mish(torch.randn(4, 7, device='cuda'), torch.randn(3, 6, device='cuda'), torch.randn(3, device='cuda'), 'ieee')" > "$OUT/gdb.log" 2>&1
+  timeout 120 cuda-gdb -batch -ex run -ex bt --args $py -c "import torch, mishbench.op.ops as o; o.implementation('cuda'); torch.ops.mishbench.linear_mish_mish(torch.randn(4, 7, device='cuda'), torch.randn(3, 6, device='cuda'), torch.randn(3, device='cuda'), 'ieee')" > "$OUT/gdb.log" 2>&1
   note "gdb rc=$?"; grep -E "^#|SIG" "$OUT/gdb.log" | head -25
 fi
 

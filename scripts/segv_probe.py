@@ -10,7 +10,7 @@ CASES = {
     "good": "x = torch.randn(4, 6, device='cuda')",
 }
 PROG = """
-import torch, mishbench.ops as ops
+import torch, mishbench.op.ops as ops
 assert ops.implementation('cuda') == 'cuda'
 w = torch.randn(3, 6, device='cuda', requires_grad={rg}); b = torch.randn(3, device='cuda', requires_grad={rg})
 {setup}
