@@ -51,6 +51,13 @@ bool launch_gemm_tc(const GemmParams& p, c10::ScalarType dtype, Precision precis
 // launch_split_tf32) and accepts trans_c. Elsewhere B_small must be null and trans_c false.
 bool gemm_tc_presplit(const GemmParams& p, c10::ScalarType dtype, Precision precision);
 
+// Which tensor-core family launch_gemm_tc would pick for a call with these sizes on device `dev`, assuming
+// contiguous operands (lda = ldb = K) with 16-byte aligned bases, as freshly allocated tensors are; kNone
+// where it would decline (then the SIMT path runs). The same checks as launch_gemm_tc, minus the pointers:
+// the dispatch table (dispatch.cpp) names routes with it.
+enum class TcFamily : int { kNone = 0, kMma = 1, kWgmma = 2 };
+TcFamily tc_family(int64_t M, int64_t N, int64_t K, c10::ScalarType dtype, Precision precision, int dev);
+
 // big = tf32_rna(src), small = tf32_rna(src - big) for a (rows, cols) fp32 matrix with leading dimension ld
 // (cols % 4 == 0, ld % 4 == 0, src 16-byte aligned); big and small are contiguous (rows, cols). sm_80+.
 void launch_split_tf32(const void* src, int64_t rows, int64_t cols, int64_t ld, void* big, void* small,

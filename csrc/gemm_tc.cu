@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
+#include "device.h"
 #include "gemm.h"
 #include "msg.h"
 #include "gemm_tc.cuh"
@@ -27,40 +28,7 @@ using tc::Mode;
 // (128×10×20 = 25.6k MACs) and every shape under ~128³ go to SIMT.
 constexpr double kMinMacs = 2097152.0;  // 2^21
 
-constexpr int kMaxCachedDevices = 64;
-
-struct DeviceCaps {
-  int major;
-  int minor;
-  int smem_optin;  // cudaDevAttrMaxSharedMemoryPerBlockOptin, bytes
-};
-
-// Capability of the current device, queried once per device (benign race: two first callers both query).
-DeviceCaps current_device_caps(int* dev_out) {
-  static std::atomic<int> major_cache[kMaxCachedDevices];  // 0 = not yet queried
-  static std::atomic<int> minor_cache[kMaxCachedDevices];
-  static std::atomic<int> smem_cache[kMaxCachedDevices];
-  int dev = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  *dev_out = dev;
-  const bool cacheable = dev >= 0 && dev < kMaxCachedDevices;
-  if (cacheable) {
-    const int major = major_cache[dev].load(std::memory_order_acquire);
-    if (major > 0) {
-      return {major, minor_cache[dev].load(std::memory_order_relaxed), smem_cache[dev].load(std::memory_order_relaxed)};
-    }
-  }
-  DeviceCaps caps{0, 0, 0};
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&caps.major, cudaDevAttrComputeCapabilityMajor, dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&caps.minor, cudaDevAttrComputeCapabilityMinor, dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&caps.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (cacheable) {
-    smem_cache[dev].store(caps.smem_optin, std::memory_order_relaxed);
-    minor_cache[dev].store(caps.minor, std::memory_order_relaxed);
-    major_cache[dev].store(caps.major, std::memory_order_release);
-  }
-  return caps;
-}
+constexpr int kMaxCachedDevices = 64;  // ensure_smem_optin's per-device flags (device.h caches the rest)
 
 bool aligned(const void* ptr, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(ptr) % bytes) == 0; }
 
@@ -154,42 +122,51 @@ namespace {
 
 enum class Route { kNone, kMma, kWgmma };
 
-// Which family takes p (the checks shared by launch_gemm_tc and gemm_tc_presplit); fills dev/caps/mode.
-Route route(const GemmParams& p, c10::ScalarType dtype, Precision precision, int* dev, Mode* mode) {
-  // Which (dtype, precision) pairs this family covers; everything else is the SIMT path's.
-  int elem = 0;
+// Which (dtype, precision) pairs this family covers: the element size, and the mode in *mode; 0 for every
+// pair that is the SIMT path's.
+int tc_elem(c10::ScalarType dtype, Precision precision, Mode* mode) {
   if (dtype == c10::ScalarType::Float) {
-    if (precision != Precision::k3xTf32 && precision != Precision::kTf32) return Route::kNone;
-    elem = 4;
-  } else if (dtype == c10::ScalarType::Half || dtype == c10::ScalarType::BFloat16) {
-    if (precision != Precision::kNative) return Route::kNone;
-    elem = 2;
-  } else {
-    return Route::kNone;
+    if (precision != Precision::k3xTf32 && precision != Precision::kTf32) return 0;
+    *mode = precision == Precision::k3xTf32 ? Mode::k3xTf32 : Mode::kTf32;
+    return 4;
   }
-  TORCH_CHECK(p.M >= 1 && p.N >= 1 && p.K >= 1, "launch_gemm_tc: M, N, K must be >= 1, got ", num(p.M), ", ",
-              num(p.N), ", ", num(p.K));
-  TORCH_CHECK(p.epilogue != Epilogue::kBiasMishMish || p.bias != nullptr,
-              "launch_gemm_tc: kBiasMishMish needs a bias pointer");
+  if (dtype == c10::ScalarType::Half || dtype == c10::ScalarType::BFloat16) {
+    if (precision != Precision::kNative) return 0;
+    *mode = Mode::kHalf;
+    return 2;
+  }
+  return 0;
+}
 
+// The checks that depend on the shape, the leading dimensions and the device only (not on the pointers):
+// shared by route() below and by tc_family(), which names the family for the dispatch table.
+Route shape_route(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int elem, Mode mode,
+                  const DeviceCaps& caps) {
   // Size: too small to fill the GPU with 128×128 tiles (see kMinMacs).
-  if (static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K) < kMinMacs) return Route::kNone;
-  const int64_t tiles = ((p.M + tc::kBM - 1) / tc::kBM) * ((p.N + tc::kBN - 1) / tc::kBN);
+  if (static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) < kMinMacs) return Route::kNone;
+  const int64_t tiles = ((M + tc::kBM - 1) / tc::kBM) * ((N + tc::kBN - 1) / tc::kBN);
   if (tiles > 2147483647LL) return Route::kNone;
 
   // Alignment: operands are moved in 16-byte cp.async chunks that never straddle the end of K.
   const int64_t vec = 16 / elem;
-  if (p.K % vec != 0 || p.lda % vec != 0 || p.ldb % vec != 0) return Route::kNone;
-  if (!aligned(p.A, 16) || !aligned(p.B, 16)) return Route::kNone;
+  if (K % vec != 0 || lda % vec != 0 || ldb % vec != 0) return Route::kNone;
 
   // Architecture: mma.sync tf32/bf16 and cp.async need sm_80; the 96 KB tile ring needs the smem opt-in.
-  const DeviceCaps caps = current_device_caps(dev);
   if (caps.major < 8 || caps.smem_optin < tc::kSmemBytes) return Route::kNone;
+  return wgmma_usable(caps, mode) ? Route::kWgmma : Route::kMma;
+}
 
-  *mode = dtype != c10::ScalarType::Float      ? Mode::kHalf
-          : precision == Precision::k3xTf32 ? Mode::k3xTf32
-                                            : Mode::kTf32;
-  return wgmma_usable(caps, *mode) ? Route::kWgmma : Route::kMma;
+// Which family takes p (the checks shared by launch_gemm_tc and gemm_tc_presplit); fills dev/mode.
+Route route(const GemmParams& p, c10::ScalarType dtype, Precision precision, int* dev, Mode* mode) {
+  const int elem = tc_elem(dtype, precision, mode);
+  if (elem == 0) return Route::kNone;
+  TORCH_CHECK(p.M >= 1 && p.N >= 1 && p.K >= 1, "launch_gemm_tc: M, N, K must be >= 1, got ", num(p.M), ", ",
+              num(p.N), ", ", num(p.K));
+  TORCH_CHECK(p.epilogue != Epilogue::kBiasMishMish || p.bias != nullptr,
+              "launch_gemm_tc: kBiasMishMish needs a bias pointer");
+  if (!aligned(p.A, 16) || !aligned(p.B, 16)) return Route::kNone;
+  *dev = current_device();
+  return shape_route(p.M, p.N, p.K, p.lda, p.ldb, elem, *mode, device_caps(*dev));
 }
 
 #if MISHBENCH_TC_ENABLED
@@ -230,6 +207,21 @@ bool gemm_tc_presplit(const GemmParams& p, c10::ScalarType dtype, Precision prec
   int dev = 0;
   Mode mode = Mode::kHalf;
   return route(p, dtype, precision, &dev, &mode) == Route::kWgmma && mode == Mode::k3xTf32;
+}
+
+TcFamily tc_family(int64_t M, int64_t N, int64_t K, c10::ScalarType dtype, Precision precision, int dev) {
+  Mode mode = Mode::kHalf;
+  const int elem = tc_elem(dtype, precision, &mode);
+  if (elem == 0 || M < 1 || N < 1 || K < 1) return TcFamily::kNone;
+  switch (shape_route(M, N, K, /*lda=*/K, /*ldb=*/K, elem, mode, device_caps(dev))) {
+    case Route::kWgmma:
+      return TcFamily::kWgmma;
+    case Route::kMma:
+      return TcFamily::kMma;
+    case Route::kNone:
+      break;
+  }
+  return TcFamily::kNone;
 }
 
 void launch_split_tf32(const void* src, int64_t rows, int64_t cols, int64_t ld, void* big, void* small,

@@ -19,6 +19,8 @@
 #include <string>
 #include <tuple>
 
+#include "dispatch.h"
+
 namespace mishbench {
 namespace {
 
@@ -153,11 +155,60 @@ PyObject* py_linear_mish_mish(PyObject* /*module*/, PyObject* const* args, Py_ss
   END_HANDLE_TH_ERRORS
 }
 
+// route(M, K, N, dtype_name, precision, device_index, backward) -> str: the kernel family the op would run
+// for that call (dispatch.h, route_name), without running it. For the CSV's `route` column and for tests.
+bool int_arg(PyObject* o, const char* name, long long* out) {
+  if (!PyLong_Check(o) || PyBool_Check(o)) {
+    PyErr_Format(PyExc_TypeError, "route: %s must be an int, got %s", name, Py_TYPE(o)->tp_name);
+    return false;
+  }
+  *out = PyLong_AsLongLong(o);
+  return !(*out == -1 && PyErr_Occurred());
+}
+
+bool str_arg(PyObject* o, const char* name, std::string* out) {
+  if (!PyUnicode_Check(o)) {
+    PyErr_Format(PyExc_TypeError, "route: %s must be a str, got %s", name, Py_TYPE(o)->tp_name);
+    return false;
+  }
+  Py_ssize_t len = 0;
+  const char* s = PyUnicode_AsUTF8AndSize(o, &len);
+  if (s == nullptr) return false;
+  out->assign(s, static_cast<size_t>(len));
+  return true;
+}
+
+PyObject* py_route(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 7) {
+    PyErr_Format(PyExc_TypeError,
+                 "route(M, K, N, dtype_name, precision, device_index, backward) takes 7 arguments, got %zd", nargs);
+    return nullptr;
+  }
+  long long m = 0, k = 0, n = 0, dev = 0;
+  std::string dtype, precision;
+  if (!int_arg(args[0], "M", &m) || !int_arg(args[1], "K", &k) || !int_arg(args[2], "N", &n) ||
+      !str_arg(args[3], "dtype_name", &dtype) || !str_arg(args[4], "precision", &precision) ||
+      !int_arg(args[5], "device_index", &dev)) {
+    return nullptr;
+  }
+  const int backward = PyObject_IsTrue(args[6]);
+  if (backward < 0) return nullptr;
+  const std::string name = route_name(m, k, n, dtype, precision, dev, backward != 0);
+  return PyUnicode_FromStringAndSize(name.data(), static_cast<Py_ssize_t>(name.size()));
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef kMethods[] = {
     {"linear_mish_mish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&py_linear_mish_mish)),
      METH_FASTCALL,
      "linear_mish_mish(x, weight, bias, precision) -> mish(mish(x @ weight.T + bias)), differentiable; the "
      "op torch.ops.mishbench.linear_mish_mish without the torch.ops call path (no __torch_function__)."},
+    {"route", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&py_route)), METH_FASTCALL,
+     "route(M, K, N, dtype_name, precision, device_index, backward) -> str: the kernel family the op runs for an "
+     "(M, K) x and (N, K) weight in that dtype and mode on that CUDA device (backward: the backward's family), "
+     "e.g. 'wgmma', 'cublas+dz', 'gemv'; 'cpu' for a negative device_index. MISHBENCH_ROUTES=next (read once) "
+     "enables the gemv / splitk / gemv+dz routes."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -20,19 +20,14 @@
 #include <utility>
 
 #include "checks.h"
+#include "device.h"
+#include "dispatch.h"
+#include "elementwise.h"
 #include "gemm.h"
 #include "msg.h"
+#include "skinny.h"
 
 namespace mishbench {
-
-// Defined in elementwise.cu (see there for the contract).
-int64_t mish_mish_bwd_chunks(int64_t M);
-bool small_bwd_fits(int64_t M, int64_t N, int64_t K);
-void launch_small_bwd(const void* dy, const void* z, const void* x, const void* w, void* dx, void* dw, void* db,
-                      int64_t M, int64_t N, int64_t K, c10::ScalarType dtype, cudaStream_t stream);
-void launch_mish_mish_bwd(const void* dy, const void* z, void* dz, void* dzt, void* db, void* partial, int64_t M,
-                          int64_t N, c10::ScalarType dtype, cudaStream_t stream);
-void launch_mish_mish_fwd(const void* z, void* y, int64_t n, c10::ScalarType dtype, cudaStream_t stream);
 
 namespace {
 
@@ -68,17 +63,6 @@ void run_gemm(GemmParams p, c10::ScalarType dtype, Precision prec, cudaStream_t 
     p.ldb = p.K;
   }
   if (!launch_gemm_tc(p, dtype, prec, stream)) launch_gemm_simt(p, dtype, stream);
-}
-
-// ieee mode at large shapes runs its GEMMs through cuBLAS (at::addmm / at::mm, what eager PyTorch runs)
-// with our fused Mish∘Mish epilogue and dz prologue around them. Measured on an H100 at 1024x8192x8192:
-// the SIMT kernel took 3.81 ms against eager's 2.75 ms, and its long fp32 FMA chains erred 2.2x eager's
-// error at 64x4096x4096 (1.4e-6 vs 6.3e-7) on all-positive inputs. Below this much work (128x10x20, the
-// odd test shapes) the single SIMT launch wins: host overhead dominates there.
-constexpr int64_t kCublasMinWork = int64_t(1) << 24;  // M*N*K
-
-bool use_cublas(Precision prec, c10::ScalarType dtype, int64_t M, int64_t N, int64_t K) {
-  return prec == Precision::kIeee && dtype == at::kFloat && double(M) * N * K >= double(kCublasMinWork);
 }
 
 // TF32 off for the cuBLAS calls of the ieee route, whatever the user's global setting; restored after.
@@ -124,9 +108,30 @@ void run_tn_store(const void* A, const void* B, void* C, int64_t M, int64_t N, i
 
 namespace {
 
+at::ScalarType acc_dtype(c10::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The skinny routes (dispatch.h: MISHBENCH_ROUTES=next). The workspace of a K-split holds the slices'
+// partial sums in the accumulator type; the B = 1 hot path at large N has no split, so no allocation.
+void run_gemv(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const at::Tensor& y, void* z,
+              int64_t M, int64_t N, int64_t K, int sm_count, cudaStream_t stream) {
+  const skinny::GemvPlan plan = skinny::gemv_plan(M, N, K, sm_count);
+  at::Tensor ws;
+  if (plan.k.splits > 1) ws = at::empty({plan.k.splits, M, N}, x2.options().dtype(acc_dtype(x2.scalar_type())));
+  skinny::launch_gemv(x2.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), z, ws.defined() ? ws.data_ptr() : nullptr,
+                      M, N, K, plan, x2.scalar_type(), stream);
+}
+
+void run_splitk(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const at::Tensor& y, void* z,
+                int64_t M, int64_t N, int64_t K, int sm_count, cudaStream_t stream) {
+  const skinny::SplitKPlan plan = skinny::splitk_plan(M, N, K, sm_count);
+  const at::Tensor ws = at::empty({plan.k.splits, M, N}, x2.options().dtype(acc_dtype(x2.scalar_type())));
+  skinny::launch_splitk(x2.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), z, ws.data_ptr(), M, N, K, plan,
+                        x2.scalar_type(), stream);
+}
+
 // The forward of both ops. z is written only when it is defined (save_z); the plain op passes an undefined
-// z and so skips the allocation of linear_mish_mish_fwd's empty placeholder (launch-bound shapes
-// pay every allocation in host time).
+// z and so skips the allocation of linear_mish_mish_fwd's empty placeholder (launch-bound shapes pay every
+// allocation in host time). The route is dispatch.cpp's forward_route.
 at::Tensor forward_into(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                         c10::string_view precision, at::Tensor* z_out) {
   CHECK_DEVICE(x);
@@ -139,9 +144,17 @@ at::Tensor forward_into(const at::Tensor& x, const at::Tensor& weight, const at:
   const bool save_z = z_out != nullptr;
   at::Tensor z = save_z ? at::empty(out_shape, x.options()) : at::Tensor();
   if (save_z) *z_out = z;
-  const int64_t M = batch_rows(x);
-  if (M == 0 || N == 0) return y;
-  if (K == 0) {
+  Problem prob;
+  prob.M = batch_rows(x);
+  prob.K = K;
+  prob.N = N;
+  prob.dtype = x.scalar_type();
+  prob.prec = prec;
+  prob.device = x.get_device();
+  const int64_t M = prob.M;
+  const FwdRoute route = forward_route(prob);
+  if (route == FwdRoute::kEmpty) return y;
+  if (route == FwdRoute::kBias) {
     // nn.Linear with in_features == 0 gives the bias; not worth a kernel.
     const at::Tensor z0 = bias.expand(out_shape);
     y.copy_(at::mish(at::mish(z0)));
@@ -153,22 +166,32 @@ at::Tensor forward_into(const at::Tensor& x, const at::Tensor& weight, const at:
   const at::Tensor x2 = (x.dim() == 2 && x.is_contiguous()) ? x : x.reshape({M, K}).contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.contiguous();
-
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (use_cublas(prec, x.scalar_type(), M, N, K)) {
-    // z = x·Wᵀ + b by cuBLAS, then y = mish(mish(z)) in one pass; without save_z, y is its own z buffer.
-    at::Tensor z2 = save_z ? z.view({M, N}) : y.view({M, N});
-    {
-      const StrictFp32Matmul strict;
-      at::addmm_out(z2, b, x2, w.t());
+  void* const z_ptr = save_z ? z.data_ptr() : nullptr;
+  switch (route) {
+    case FwdRoute::kCublas: {
+      // z = x·Wᵀ + b by cuBLAS, then y = mish(mish(z)) in one pass; without save_z, y is its own z buffer.
+      at::Tensor z2 = save_z ? z.view({M, N}) : y.view({M, N});
+      {
+        const StrictFp32Matmul strict;
+        at::addmm_out(z2, b, x2, w.t());
+      }
+      launch_mish_mish_fwd(z2.data_ptr(), y.data_ptr(), M * N, x.scalar_type(), stream);
+      return y;
     }
-    launch_mish_mish_fwd(z2.data_ptr(), y.data_ptr(), M * N, x.scalar_type(), stream);
-    return y;
+    case FwdRoute::kGemv:
+      run_gemv(x2, w, b, y, z_ptr, M, N, K, device_caps(prob.device).sm_count, stream);
+      return y;
+    case FwdRoute::kSplitK:
+      run_splitk(x2, w, b, y, z_ptr, M, N, K, device_caps(prob.device).sm_count, stream);
+      return y;
+    default:
+      break;  // kTiles: run_gemm picks simt / mma / wgmma
   }
 
   GemmParams p = contiguous_tn(x2.data_ptr(), w.data_ptr(), y.data_ptr(), M, N, K);
   p.bias = b.data_ptr();
-  p.Z = save_z ? z.data_ptr() : nullptr;
+  p.Z = z_ptr;
   p.ldz = N;
   p.epilogue = Epilogue::kBiasMishMish;
   run_gemm(p, x.scalar_type(), prec, stream, x.options());
@@ -203,8 +226,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
   at::Tensor dx = output_mask[0] ? at::empty(x.sizes(), opts) : at::empty({0}, opts);
   at::Tensor dw = output_mask[1] ? at::empty({N, K}, opts) : at::empty({0}, opts);
   at::Tensor db = output_mask[2] ? at::empty({N}, opts) : at::empty({0}, opts);
-  const int64_t M = batch_rows(x);
-  if (M == 0 || N == 0) {
+  Problem prob;
+  prob.M = batch_rows(x);
+  prob.K = K;
+  prob.N = N;
+  prob.dtype = x.scalar_type();
+  prob.prec = prec;
+  prob.device = x.get_device();
+  const int64_t M = prob.M;
+  const BwdRoute route = backward_route(prob);  // dispatch.cpp
+  if (route == BwdRoute::kEmpty) {
     // Empty sums are zero: dW and db vanish for an empty batch; dx vanishes when there are no outputs.
     if (output_mask[0]) dx.zero_();
     if (output_mask[1]) dw.zero_();
@@ -220,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
   const c10::ScalarType dtype = x.scalar_type();
   const at::Tensor dy2 = grad_y.reshape({M, N}).contiguous();
   const at::Tensor z2 = z.reshape({M, N}).contiguous();
-  if (small_bwd_fits(M, N, K)) {
+  if (route == BwdRoute::kSmall) {
     // Launch-bound: one kernel for dz, dx, dW and db (elementwise.cu, small_bwd_kernel).
     const at::Tensor x2 = x.reshape({M, K}).contiguous();
     const at::Tensor w2 = weight.contiguous();
@@ -229,15 +260,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
                      stream);
     return {dx, dw, db};
   }
-  // The cuBLAS route reads dz in either orientation, so it needs no dzᵀ.
-  const bool cublas = use_cublas(prec, dtype, M, N, K);
-  at::Tensor dz = (want_dx || (cublas && want_dw)) ? at::empty({M, N}, opts) : at::Tensor();
-  at::Tensor dzt = (want_dw && !cublas) ? at::empty({N, M}, opts) : at::Tensor();
+  // The cuBLAS and gemv routes read dz in either orientation, so they need no dzᵀ.
+  const bool cublas = route == BwdRoute::kCublas;
+  const bool gemv = route == BwdRoute::kGemv;
+  const bool dz_only = cublas || gemv;
+  at::Tensor dz = (want_dx || (dz_only && want_dw)) ? at::empty({M, N}, opts) : at::Tensor();
+  at::Tensor dzt = (want_dw && !dz_only) ? at::empty({N, M}, opts) : at::Tensor();
   at::Tensor partial;
-  if (output_mask[2]) {
-    const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
-    partial = at::empty({mish_mish_bwd_chunks(M), N}, opts.dtype(acc));
-  }
+  if (output_mask[2]) partial = at::empty({mish_mish_bwd_chunks(M), N}, opts.dtype(acc_dtype(dtype)));
   launch_mish_mish_bwd(dy2.data_ptr(), z2.data_ptr(), dz.defined() ? dz.data_ptr() : nullptr,
                        dzt.defined() ? dzt.data_ptr() : nullptr, output_mask[2] ? db.data_ptr() : nullptr,
                        output_mask[2] ? partial.data_ptr() : nullptr, M, N, dtype, stream);
@@ -250,7 +280,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
     if (want_dw) at::mm_out(dw, dz.t(), x.reshape({M, K}));
     return {dx, dw, db};
   }
+  if (gemv) {
+    // dx = dz·W reading W once; dW = dzᵀ·x tiled over N x K (skinny_bwd.cu). No transposed copies.
+    const int sm_count = device_caps(prob.device).sm_count;
+    if (want_dx) {
+      const at::Tensor w2 = weight.contiguous();
+      int64_t col_blocks = 0;
+      const skinny::Split split = skinny::dx_plan(N, K, sm_count, &col_blocks);
+      at::Tensor ws;
+      if (split.splits > 1) ws = at::empty({split.splits, M, K}, opts.dtype(acc_dtype(dtype)));
+      skinny::launch_skinny_dx(dz.data_ptr(), w2.data_ptr(), dx.data_ptr(), ws.defined() ? ws.data_ptr() : nullptr, M,
+                               N, K, split, col_blocks, dtype, stream);
+    }
+    if (want_dw) {
+      const at::Tensor x2 = x.reshape({M, K}).contiguous();
+      skinny::launch_skinny_dw(dz.data_ptr(), x2.data_ptr(), dw.data_ptr(), M, N, K,
+                               skinny::dw_rows_per_block(N, K, sm_count), dtype, stream);
+    }
+    return {dx, dw, db};
+  }
 
+  // kTiles (and kDzOnly, which has no GEMM to run).
   if (want_dx) {
     // dx[m, k] = sum_n dz[m, n] W[n, k]: TN form with B = Wᵀ (K, N) contiguous.
     const at::Tensor wt = weight.t().contiguous();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, verify in every mode, bench; short table last.
-# Usage (device tool): bash scripts/device_check.sh [build] [selftest] [profile] [overhead] [tests] [candidate] [verify] [bench] [small] [full]
+# Usage (device tool): bash scripts/device_check.sh [build] [selftest] [profile] [overhead] [tests] [routes] [candidate] [verify] [bench] [small] [full]
 # Env: TEST_K (a pytest -k expression), VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
 #      TEST_FILES, TESTS_TIMEOUT, MISHBENCH_GIT_SHA (the commit, for the CSVs). Write the sha literally in the
 #      device command: a `$(git rev-parse …)` there answered with a stale commit (the copy's .git is not this tree's).
@@ -82,6 +82,20 @@ if has tests; then
     > "$OUT/pytest-cuda.log" 2>&1; rc=$?
   note "pytest -m cuda rc=$rc: $(tail -1 "$OUT/pytest-cuda.log")"
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)|^E  " "$OUT/pytest-cuda.log" | cut -c1-400 | head -40
+fi
+
+if has routes; then
+  # The skinny-shape routes (gemv, splitk, gemv+dz), which run only under MISHBENCH_ROUTES=next: their tests
+  # at odd shapes in every mode (tests/test_cuda_routes.py, the full grid), then forward and forward+backward
+  # timings beside eager at B in {1, 8, 32, 128} x K = N in {1024, 4096, 8192}.
+  MISHBENCH_ROUTES=next timeout ${ROUTES_TIMEOUT:-400} $py -m pytest -q -rfE --tb=short -m cuda tests/test_cuda_routes.py \
+    > "$OUT/pytest-routes.log" 2>&1; rc=$?
+  note "pytest routes (MISHBENCH_ROUTES=next) rc=$rc: $(tail -1 "$OUT/pytest-routes.log")"
+  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)|^E  " "$OUT/pytest-routes.log" | cut -c1-400 | head -40
+  MISHBENCH_ROUTES=next timeout 300 $py scripts/route_probe.py > "$OUT/route-probe.log" 2>&1
+  note "route probe fwd rc=$?"; cat "$OUT/route-probe.log"
+  MISHBENCH_ROUTES=next timeout 300 $py scripts/route_probe.py --bwd --modes 3xtf32,bf16 > "$OUT/route-probe-bwd.log" 2>&1
+  note "route probe fwd+bwd rc=$?"; cat "$OUT/route-probe-bwd.log"
 fi
 
 if has verify; then
