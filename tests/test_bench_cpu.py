@@ -121,8 +121,10 @@ def test_cpu_run_writes_every_column_and_speedups(tmp_path):
     code, text = run_cpu(opts)
     assert code == 0, text
     rows = csvschema.read_rows(opts.out)
-    assert [(r["impl"], r["mode"]) for r in rows] == [("eager", "fwd"), ("composite", "fwd"),
-                                                      ("eager", "fwd_bwd"), ("composite", "fwd_bwd")]
+    assert [(r["impl"], r["mode"]) for r in rows] == [("eager", "fwd"), ("mishbench", "fwd"),
+                                                      ("eager", "fwd_bwd"), ("mishbench", "fwd_bwd")]
+    # On the CPU ModelNew runs the composite path: impl=mishbench, and the route says so (DESIGN.md).
+    assert [r["route"] for r in rows] == ["", "composite", "", "composite/composite"]
     assert len({r["run_id"] for r in rows}) == 1
     for r in rows:
         assert r["status"] == "ok" and r["precision"] == "ieee" and r["accuracy_class"] == "fp32"
@@ -147,7 +149,7 @@ def test_compile_baseline_runs_the_compiled_graph(tmp_path, monkeypatch):
     rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
     assert rows["compile"]["status"] == "ok", text
     assert float(rows["compile"]["compile_s"]) > 0
-    assert rows["composite"]["speedup_vs_compile"]
+    assert rows["mishbench"]["speedup_vs_compile"]
 
 
 def test_compile_fallback_to_eager_is_an_error(tmp_path, monkeypatch):
@@ -187,11 +189,11 @@ def _fail_for(impl, exc_factory, when=lambda inputs: True):
 
 def test_real_oom_marks_the_row_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(providers.Provider, "call",
-                        _fail_for("composite", lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried")))
+                        _fail_for("mishbench", lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried")))
     opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), Size(3, 5, 7)))
     code, text = run_cpu(opts)
     rows = csvschema.read_rows(opts.out)
-    assert [(r["impl"], r["status"]) for r in rows] == [("eager", "ok"), ("composite", "oom")] * 2
+    assert [(r["impl"], r["status"]) for r in rows] == [("eager", "ok"), ("mishbench", "oom")] * 2
     assert rows[1]["speedup_vs_eager"] == "" and rows[1]["median_ms"] == ""
     assert code == 0, text  # oom rows alone do not fail the run
     assert "out of memory" in text
@@ -217,11 +219,11 @@ def test_estimate_bytes_is_sane():
 
 
 def test_other_errors_mark_the_row_and_fail_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(providers.Provider, "call", _fail_for("composite", lambda: RuntimeError("illegal address")))
+    monkeypatch.setattr(providers.Provider, "call", _fail_for("mishbench", lambda: RuntimeError("illegal address")))
     opts = opts_for(tmp_path)
     code, text = run_cpu(opts)
     rows = csvschema.read_rows(opts.out)
-    assert [(r["impl"], r["status"]) for r in rows] == [("eager", "ok"), ("composite", "error")]
+    assert [(r["impl"], r["status"]) for r in rows] == [("eager", "ok"), ("mishbench", "error")]
     assert code == 1 and "illegal address" in text
 
 
@@ -230,25 +232,25 @@ def test_mismatch_is_not_timed_and_gets_no_speedup(tmp_path, monkeypatch):
 
     def outputs(self, inputs):
         y, grads = original(self, inputs)
-        return (y * 1.01 if self.spec.impl == "composite" else y), grads
+        return (y * 1.01 if self.spec.impl == "mishbench" else y), grads
     monkeypatch.setattr(providers.Provider, "outputs", outputs)
     opts = opts_for(tmp_path)
     code, text = run_cpu(opts)
     rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
-    assert rows["composite"]["status"] == "mismatch" and code == 1
-    assert rows["composite"]["median_ms"] == "" and rows["composite"]["speedup_vs_eager"] == ""
-    assert float(rows["composite"]["rel_err"]) == pytest.approx(0.01, rel=1e-3)
+    assert rows["mishbench"]["status"] == "mismatch" and code == 1
+    assert rows["mishbench"]["median_ms"] == "" and rows["mishbench"]["speedup_vs_eager"] == ""
+    assert float(rows["mishbench"]["rel_err"]) == pytest.approx(0.01, rel=1e-3)
     assert rows["eager"]["status"] == "ok"
 
 
 def test_interrupt_keeps_finished_rows(tmp_path, monkeypatch):
     second = lambda inputs: inputs.x.shape == (3, 5)  # noqa: E731
-    monkeypatch.setattr(providers.Provider, "call", _fail_for("composite", KeyboardInterrupt, when=second))
+    monkeypatch.setattr(providers.Provider, "call", _fail_for("mishbench", KeyboardInterrupt, when=second))
     opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), Size(3, 5, 7)))
     code, text = run_cpu(opts)
     assert code == plan.INTERRUPTED
     rows = csvschema.read_rows(opts.out)
-    assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [("8", "eager", "ok"), ("8", "composite", "ok")]
+    assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [("8", "eager", "ok"), ("8", "mishbench", "ok")]
     assert "interrupted: 2 finished row(s) kept" in text and "Traceback" not in text
 
 
@@ -277,7 +279,7 @@ def test_tf32_mode_also_measures_strict_fp32_eager(tmp_path, monkeypatch):
     assert code == 0, text
     rows = csvschema.read_rows(opts.out)
     got = [(r["impl"], r["precision"], r["accuracy_class"]) for r in rows]
-    assert got == [("eager", "tf32", "tf32"), ("eager", "ieee", "fp32"), ("composite", "tf32", "tf32")]
+    assert got == [("eager", "tf32", "tf32"), ("eager", "ieee", "fp32"), ("mishbench", "tf32", "tf32")]
     subject = rows[2]
     assert subject["speedup_vs_eager"] and subject["speedup_vs_fp32_eager"]
     assert float(subject["speedup_vs_fp32_eager"]) == pytest.approx(
@@ -290,7 +292,7 @@ def test_half_types_have_no_fp32_eager_speedup(tmp_path):
     assert code == 0, text
     rows = csvschema.read_rows(opts.out)
     assert [(r["impl"], r["precision"], r["accuracy_class"], r["dtype"]) for r in rows] == [
-        ("eager", "native", "bf16", "bf16"), ("composite", "native", "bf16", "bf16")]
+        ("eager", "native", "bf16", "bf16"), ("mishbench", "native", "bf16", "bf16")]
     assert rows[1]["speedup_vs_eager"] and rows[1]["speedup_vs_fp32_eager"] == ""
 
 
@@ -384,7 +386,7 @@ def test_one_candidate_worker_for_the_whole_run(tmp_path, fake_candidate, monkey
     assert cb.measured == cases
     rows = csvschema.read_rows(opts.out)
     assert [(r["impl"], r["batch"], r["mode"]) for r in rows] == [
-        (impl, str(s.batch), m) for s, m in cases for impl in ("eager", "composite", "candidate")]
+        (impl, str(s.batch), m) for s, m in cases for impl in ("eager", "mishbench", "candidate")]
     assert order == [("baselines", s, m) for s, m in cases]
 
 
@@ -422,7 +424,7 @@ def test_interrupt_kills_the_candidate_worker_and_keeps_rows(tmp_path, fake_cand
     assert cb.events == ["open", "kill"]
     rows = csvschema.read_rows(opts.out)
     assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [
-        ("8", "eager", "ok"), ("8", "composite", "ok"), ("8", "candidate", "ok")]
+        ("8", "eager", "ok"), ("8", "mishbench", "ok"), ("8", "candidate", "ok")]
     assert "interrupted: 3 finished row(s) kept" in text
 
 

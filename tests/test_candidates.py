@@ -369,7 +369,7 @@ def test_bench_runs_every_case_in_one_worker(tmp_path, workers):
     assert code == 0, text
     got = [(r["impl"], r["batch"], r["mode"], r["status"]) for r in rows]
     assert got == [(impl, str(s.batch), m, "ok") for s in sizes for m in modes
-                   for impl in ("eager", "composite", "candidate")], text
+                   for impl in ("eager", "mishbench", "candidate")], text
     assert len(workers) == 1, f"{len(workers)} worker processes for {len(sizes) * len(modes)} cases"
     _closed(workers[0])
     for r in rows:
@@ -439,7 +439,7 @@ def test_bench_interrupt_kills_the_worker(tmp_path, workers, monkeypatch, where)
     code, text, rows = _bench(tmp_path, HERE / "plain_pytorch.py", [Size(8, 16, 12), Size(3, 5, 7)])
     assert code == 130, text
     assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [
-        ("8", "eager", "ok"), ("8", "composite", "ok"), ("8", "candidate", "ok")]
+        ("8", "eager", "ok"), ("8", "mishbench", "ok"), ("8", "candidate", "ok")]
     assert len(workers) == 1
     _closed(workers[0], "killed")
 

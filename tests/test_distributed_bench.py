@@ -30,7 +30,7 @@ from mishbench.shapes import Size
 from cli_helpers import cli_output
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: ranks would use NCCL")
-SUBJECT = "composite"  # ModelNew on the CPU runs the composite path and says so (DESIGN.md)
+SUBJECT = "mishbench"  # ModelNew rows are impl=mishbench; on the CPU their route says composite (DESIGN.md)
 
 
 def opts_for(tmp_path, sizes=(Size(8, 16, 8),), n=2, **kw):

@@ -141,10 +141,9 @@ def _rank_case(size: Size, cfg: dict, device: torch.device, stage: Callable[[str
             module = ModelNew(size.in_features, size.out_features, precision=spec.precision)
             module.load_state_dict(state, strict=True)
         module = module.to(device, dtype)
-        if spec.impl not in BASELINES:
-            runs = "mishbench" if module.implementation(device) == "cuda" else "composite"
-            if runs != spec.impl:
-                raise RuntimeError(f"ModelNew runs {runs} in rank {rank} but the launcher planned {spec.impl}")
+        if spec.impl not in BASELINES and (module.implementation(device) == "cuda") != bool(cfg["kernels"]):
+            raise RuntimeError(f"ModelNew runs impl={module.implementation(device)} in rank {rank}, not what the "
+                               f"launcher planned (kernels={cfg['kernels']})")
         wrapped = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
         prov = Provider(spec, module, wrapped, MODE)
         y, grads = prov.outputs(shards[0])
@@ -303,7 +302,8 @@ def _peaks(run, device: torch.device, n: int) -> Callable[[str], float]:
 def _job(run, cases: List[Tuple[Size, str]], collective_timeout: float, device: torch.device) -> dict:
     cfg = {"device": device.type, "dtype": str(run.dtype).replace("torch.", ""), "seed": run.seed,
            "specs": [tuple(s) for s in run.specs], "input_sets": run.opts.input_sets,
-           "warmup": int(run.opts.warmup), "iters": run.iters, "collective_timeout": collective_timeout}
+           "warmup": int(run.opts.warmup), "iters": run.iters, "collective_timeout": collective_timeout,
+           "kernels": run.kernels}
     return {"entry": ENTRY, "config": cfg, "cases": [tuple(size) for size, _ in cases]}
 
 

@@ -48,7 +48,7 @@ class LocalRun:
 
     def _build(self, spec: Spec, size: Size, mode: str) -> Provider:
         template = self.plan.template(size)
-        if spec.impl in ("mishbench", "composite"):
+        if spec.impl == "mishbench":
             module = ModelNew(size.in_features, size.out_features, precision=spec.precision)
             module.load_state_dict(template.state_dict(), strict=True)
         else:
@@ -290,10 +290,10 @@ def run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer,
     if skipped:
         console.print(f"--resume: {skipped} case(s) already in {opts.out} with every row ok: skipped",
                       highlight=False)
-    if plan.subject_impl == "composite" and device.type == "cuda":
+    if not plan.kernels and device.type == "cuda":
         from mishbench.op import ops
         console.print(f"[yellow]warning[/]: the CUDA extension is not loaded ({ops.extension_reason()}); "
-                      "ModelNew rows run plain PyTorch and are labelled impl=composite", highlight=False)
+                      "ModelNew rows run plain PyTorch and say route=composite", highlight=False)
     per_case = len(plan.specs) + (1 if opts.candidate is not None else 0)
     total = len(todo) * per_case
     console.print(f"bench run {plan.run_id[:8]}: {len(todo)} case(s), {total} row(s), {dtype_name(opts.dtype)} "

@@ -9,6 +9,7 @@ import torch
 
 from mishbench import envinfo
 from mishbench.bench.providers import BASELINES, Spec, flops, one_line
+from mishbench.op import ops
 from mishbench.op.model import ModelNew
 from mishbench.op.precision import accuracy_class, dtype_name, resolve_precision
 from mishbench.op.reference import Model
@@ -89,7 +90,10 @@ class Plan:
         self.accuracy = accuracy_class(self.precision, opts.dtype)
         tf32 = self.accuracy == "tf32"
         base_prec = "native" if opts.dtype != torch.float32 else ("tf32" if tf32 else "ieee")
-        self.subject_impl = "mishbench" if ModelNew(1, 1).implementation(device) == "cuda" else "composite"
+        # ModelNew's rows are impl=mishbench wherever it runs; the route says whether the kernels ran
+        # (DESIGN.md: route=composite where the extension is not loaded).
+        self.subject_impl = "mishbench"
+        self.kernels = ModelNew(1, 1).implementation(device) == "cuda"
         self.specs = [Spec(b, base_prec, self.accuracy, tf32) for b in opts.baselines]
         if tf32:  # KernelBench compares against strict-fp32 eager: measure it too
             self.specs.append(Spec("eager", "ieee", "fp32", False))
@@ -110,7 +114,17 @@ class Plan:
     def base_row(self, size: Size, mode: str, spec: Spec) -> Row:
         return new_row(impl=spec.impl, mode=mode, dtype=dtype_name(self.dtype), precision=spec.precision,
                        accuracy_class=spec.accuracy, batch=size.batch, in_features=size.in_features,
-                       out_features=size.out_features, seed=self.seed, **self.provenance)
+                       out_features=size.out_features, seed=self.seed, route=self.route(size, mode, spec),
+                       **self.provenance)
+
+    def route(self, size: Size, mode: str, spec: Spec) -> str:
+        """The kernel family of a mishbench row, forward then backward ('wgmma/cublas+dz', 'composite/composite'
+        without the extension); empty for baselines and candidates (whose kernels are their own)."""
+        if spec.impl != self.subject_impl:
+            return ""
+        parts = [ops.route(size.batch, size.in_features, size.out_features, self.dtype, spec.precision,
+                           self.device, backward) for backward in ((False, True) if mode == "fwd_bwd" else (False,))]
+        return "/".join(parts)
 
     def planned_keys(self, size: Size, mode: str) -> List[tuple]:
         specs = list(self.specs) + ([self.candidate_spec] if self.opts.candidate is not None else [])

@@ -139,7 +139,8 @@ class _CompositeLinearMishMish(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------
 # The extension: loaded once, on first use with a CUDA tensor; one warning if it cannot be had.
 # ---------------------------------------------------------------------------------------------------------
-_ext_state = {"tried": False, "ok": False, "reason": None, "op": None, "fast": None, "fakes": False}
+_ext_state = {"tried": False, "ok": False, "reason": None, "op": None, "fast": None, "fakes": False,
+              "route": None}
 
 # The fast path's guards (see linear_mish_mish). torch.compiler.is_compiling is public from torch 2.3; before
 # that the fast path stays off and every call takes the OpOverload, which dynamo traces.
@@ -162,6 +163,7 @@ def _load_extension() -> bool:
         else:
             register_fakes()
             _ext_state["op"] = torch.ops.mishbench.linear_mish_mish.default
+            _ext_state["route"] = getattr(module, "route", None)
             if _is_compiling is not None and not os.environ.get("MISHBENCH_NO_FAST_PATH"):
                 _ext_state["fast"] = getattr(module, "linear_mish_mish", None)
     return _ext_state["ok"]
@@ -178,6 +180,23 @@ def implementation(device) -> str:
     if device.type == "cuda" and torch.cuda.is_available() and _load_extension():
         return "cuda"
     return "composite"
+
+
+def route(batch_rows: int, in_features: int, out_features: int, dtype: torch.dtype, precision: str, device,
+          backward: bool = False) -> str:
+    """The kernel family a call runs, as the CSV's `route` column names it: 'composite' where the CUDA
+    extension does not serve the call (CPU, no extension), else the extension's dispatch table's name for
+    the forward ('wgmma', 'gemv', 'cublas', ...) or, with backward, the backward ('cublas+dz', ...).
+    precision: already resolved (precision.resolve_precision). '' if the extension cannot name it."""
+    device = torch.device(device)
+    if implementation(device) != "cuda":
+        return "composite"
+    fn = _ext_state["route"]
+    if fn is None:
+        return ""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return fn(int(batch_rows), int(in_features), int(out_features), str(dtype).replace("torch.", ""),
+              precision, int(index), bool(backward))
 
 
 def linear_mish_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, precision: str) -> torch.Tensor:
