@@ -1,15 +1,30 @@
+import os
+
 import pytest
 import torch
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run tests marked `slow` (or set MISHBENCH_SLOW=1); .ci/run passes it")
+
+
+def _run_slow(config) -> bool:
+    return bool(config.getoption("--run-slow")) or os.environ.get("MISHBENCH_SLOW", "") not in ("", "0")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip cleanly on a machine without a GPU."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    """Tests marked `cuda` skip cleanly on a machine without a GPU; tests marked `slow` skip unless
+    --run-slow or MISHBENCH_SLOW=1 (a skip, not a deselection, so `-m cuda` and `-m build` keep working)."""
+    slow = not _run_slow(config)
+    skip_slow = pytest.mark.skip(reason="slow: run with --run-slow or MISHBENCH_SLOW=1 (.ci/run does)")
+    no_gpu = not torch.cuda.is_available()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if no_gpu and "cuda" in item.keywords:
+            item.add_marker(skip_gpu)
+        elif slow and "slow" in item.keywords:
+            item.add_marker(skip_slow)
 
 
 class BuiltExtension:

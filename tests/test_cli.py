@@ -260,3 +260,27 @@ def test_json_write_failure_after_the_run_keeps_the_report(monkeypatch, tmp_path
     assert result.exit_code == 1 and "kept in" in out
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("r.kept-")]
     assert kept and '"forward"' in kept[0].read_text()
+
+
+def test_bench_rows_that_cannot_be_appended_are_kept_and_the_end_says_where(tmp_path, monkeypatch):
+    from rich.console import Console
+    from mishbench.bench import sink as sink_mod
+    from mishbench.schema import new_row, read_rows
+    target = tmp_path / "out.csv"
+    real = sink_mod.append_rows
+
+    def append(path, rows):
+        if path == target and rows:
+            raise OSError(28, "No space left on device")
+        return real(path, rows)
+
+    monkeypatch.setattr(sink_mod, "append_rows", append)
+    s = sink_mod.Sink(target, resume=False)
+    s.open()
+    written = []
+    s.write([new_row(impl="eager", mode="fwd", status="ok", batch=1, in_features=2, out_features=3)], written)
+    con = Console(record=True, width=200)
+    assert sink_mod.finish(con, "", written, target) == 1
+    text = con.export_text()
+    assert "No space left on device" in text and "kept in" in text
+    assert len(read_rows(s.path)) == 1 and s.path != target
