@@ -106,14 +106,25 @@ class FitTable:
             out.append(min(w, max(col.wrap, cell_len(col.header))) if col.wrap else w)
         return out
 
-    def choose(self, width: int) -> Tuple[List[int], int]:
-        """(indices of the columns shown, the width they need) for a console `width` cells wide."""
+    def choose(self, width: int) -> Tuple[List[int], List[int], int]:
+        """(indices of the columns shown, every column's width, the width the shown ones need) for a console
+        `width` cells wide. Free-text (`wrap`) columns give up width before any column is left out, down to
+        12 cells; then columns go, highest `keep` first, rightmost first."""
+        from rich.cells import cell_len
         widths = self.widths()
         shown = list(range(len(self.columns)))
 
         def need(idx):  # rich's default box: one border per column and one more, padding 1 each side
             return sum(widths[i] for i in idx) + 3 * len(idx) + 1
 
+        def squeeze():
+            for i in shown:
+                col = self.columns[i]
+                if col.wrap and need(shown) > width:
+                    floor = max(12, cell_len(col.header))
+                    widths[i] = max(floor, widths[i] - (need(shown) - width))
+
+        squeeze()
         for level in sorted({c.keep for c in self.columns if c.keep > 0}, reverse=True):
             if need(shown) <= width:
                 break
@@ -122,22 +133,28 @@ class FitTable:
                 shown.remove(i)
                 if need(shown) <= width:
                     break
-        return shown, need(shown)
+        if self.columns:  # a wrap column squeezed before a drop may take back what the drop freed
+            for i in shown:
+                col = self.columns[i]
+                if col.wrap:
+                    full = min(max(cell_len(r[i][0]) for r in self.rows) if self.rows else 0,
+                               max(col.wrap, cell_len(col.header)))
+                    widths[i] = max(widths[i], min(full, widths[i] + width - need(shown)))
+        return shown, widths, need(shown)
 
     def table(self, width: int):
-        shown, _ = self.choose(width)
-        widths = self.widths()
+        shown, widths, _ = self.choose(width)
         table = Table(title=self.title, title_justify="left")
         for i in shown:
             col = self.columns[i]
             table.add_column(col.header, justify="right" if col.right else "left", no_wrap=not col.wrap,
-                             min_width=widths[i], overflow="fold")
+                             min_width=widths[i], max_width=widths[i] if col.wrap else None, overflow="fold")
         for r, style in zip(self.rows, self.row_styles):
             table.add_row(*[Text(r[i][0], style=r[i][1]) for i in shown], style=style or None)
         return table, [self.columns[i].header for i in range(len(self.columns)) if i not in shown]
 
     def __rich_console__(self, con, options):
-        shown, need = self.choose(options.max_width)
+        _, _, need = self.choose(options.max_width)
         table, hidden = self.table(options.max_width)
         # Narrower than even the essential columns: keep the cells whole and let the terminal wrap lines.
         yield from con.render(table, options.update_width(max(need, options.max_width)) if need > options.max_width

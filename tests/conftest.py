@@ -14,8 +14,8 @@ def _run_slow(config) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip cleanly on a machine without a GPU; tests marked `slow` skip unless
-    --run-slow or MISHBENCH_SLOW=1 (a skip, not a deselection, so `-m cuda` and `-m build` keep working)."""
+    """Tests marked `cuda` skip cleanly on a machine without a GPU; tests marked `slow` or `build` skip unless
+    --run-slow or MISHBENCH_SLOW=1 (a skip with the reason, not a silent deselection)."""
     slow = not _run_slow(config)
     skip_slow = pytest.mark.skip(reason="slow: run with --run-slow or MISHBENCH_SLOW=1 (.ci/run does)")
     no_gpu = not torch.cuda.is_available()
@@ -23,7 +23,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if no_gpu and "cuda" in item.keywords:
             item.add_marker(skip_gpu)
-        elif slow and "slow" in item.keywords:
+        elif slow and ("slow" in item.keywords or "build" in item.keywords):
+            # `build` tests compile csrc/ first: 5-10 minutes on 2 cores, so they count as slow too.
             item.add_marker(skip_slow)
 
 

@@ -201,3 +201,24 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, two_csvs, monkeypa
     result = CliRunner().invoke(app, ["report", str(two_csvs[0]), "--plot", str(tmp_path / "x.png")])
     assert result.exit_code == 1 and "mishbench[plot]" in cli_output(result)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_bench_table_fits_too():
+    from rich.console import Console
+    from mishbench.bench.table import results_table
+    rows = [row("r", "eager", 2.73), row("r", "mishbench", 2.0, precision="3xtf32", speedup_vs_eager=1.366,
+                                        rel_err=5.4e-7),
+            row("r", "compile", None, status="error")]
+
+    class Plan:
+        def message_for(self, r):
+            return "RuntimeError: CUDA out of memory while allocating [1024, 8192]" if r["status"] != "ok" else ""
+
+    for width in (80, 100, 200):
+        con = Console(width=width, record=True, color_system=None)
+        con.print(results_table(rows, Plan()))
+        text = con.export_text()
+        assert all(len(line) <= width for line in text.splitlines()), (width, text)
+        assert "1024x8192x8192" in text and "2.73" in text  # whole cells
+        assert "1.37" in text or width < 100
+        assert ("left out at" in text) == (width < 200)

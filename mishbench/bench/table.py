@@ -26,7 +26,7 @@ def results_table(rows: Sequence[Row], plan=None, title: str = "mishbench bench"
                Col("p20–p80 ms", right=True, keep=5)]
     if extra is not None:
         columns.append(Col(extra[0], right=True, keep=2))
-    columns += [Col("× eager", right=True), Col("× compile", right=True, keep=3),
+    columns += [Col("× eager", right=True, keep=1), Col("× compile", right=True, keep=3),
                 Col("× fp32 eager", right=True, keep=4), Col("rel_err", right=True, keep=1),
                 Col("route", keep=2), Col("TFLOP/s", right=True, keep=4), Col("% peak", right=True, keep=5),
                 Col("compile s", right=True, keep=6), Col("status", wrap=32)]
