@@ -4,13 +4,15 @@ Exit codes everywhere: 0 success, 1 a check failed or the work failed, 2 usage e
 --sizes, missing file) with a one-line message naming the bad value.
 """
 import datetime
-import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from mishbench.console import console, print_mapping, print_report, usage_error
+from mishbench import names, outfiles
+from mishbench.console import console, err_console, print_mapping, print_report, usage_error
+from mishbench.op import toolchain
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Verify and benchmark a fused Linear -> Mish -> Mish CUDA op (KernelBench L2/29).")
@@ -23,21 +25,12 @@ def _usage(message: str) -> "typer.Exit":
     return typer.Exit(USAGE)
 
 
-def _dtype(name: str):
-    from mishbench.op.precision import parse_dtype
+def _checked(flag: str, fn, *args):
+    """Run a torch-free validator from mishbench.names / shapes; a ValueError is a usage error naming the flag."""
     try:
-        return parse_dtype(name)
+        return fn(*args)
     except ValueError as exc:
-        raise _usage(f"--dtype: {exc}") from None
-
-
-def _precision(precision: Optional[str], dtype) -> Optional[str]:
-    from mishbench.op.precision import check_combination
-    try:
-        check_combination(precision, dtype)
-    except ValueError as exc:
-        raise _usage(f"--precision: {exc}") from None
-    return precision
+        raise _usage(f"{flag}: {exc}") from None
 
 
 def _sizes(sizes: Optional[List[str]], preset: Optional[str] = None):
@@ -51,7 +44,15 @@ def _sizes(sizes: Optional[List[str]], preset: Optional[str] = None):
     return out
 
 
+def _torch_dtype(name: str):
+    """After validation: torch is imported from here on (seconds on a small machine)."""
+    from mishbench.op.precision import parse_dtype
+    return parse_dtype(name)
+
+
 def _device(name: str):
+    _checked("--device", names.check_device, name)
+    toolchain.export_cuda_home()
     from mishbench.verify.core import resolve_device
     try:
         return resolve_device(name)
@@ -66,23 +67,19 @@ def _existing_file(path: Optional[Path], flag: str) -> Optional[Path]:
 
 
 def _writable_file(path: Optional[Path], flag: str) -> Optional[Path]:
-    """Checked before a run, so that a bad output path does not lose the run's results at its end."""
-    if path is None:
-        return None
-    if path.is_dir():
-        raise _usage(f"{flag}: {str(path)!r} is a folder, not a file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _usage(f"{flag}: cannot create the folder of {str(path)!r}: {exc.strerror or exc}") from None
-    if not os.access(path if path.exists() else path.parent, os.W_OK):
-        raise _usage(f"{flag}: cannot write {str(path)!r}: permission denied")
+    """Created (and removed again) before any work, so that a bad output path fails now, not after a run."""
+    if path is not None:
+        try:
+            outfiles.check_writable(path, flag)
+        except ValueError as exc:
+            raise _usage(str(exc)) from None
     return path
 
 
 @app.command()
 def info():
     """GPU, driver, CUDA runtime, nvcc, torch, Python, arch list and extension build status."""
+    toolchain.export_cuda_home()
     from mishbench.op import build
     from mishbench import envinfo
     rows = envinfo.describe()
@@ -91,23 +88,36 @@ def info():
     print_mapping("mishbench info", rows)
 
 
+ARCH_FORMS = ('a list like "8.0;9.0a": each item MAJOR.MINOR with an optional a/f suffix and +PTX '
+              '(8.0, 9.0a, 8.6+PTX; also sm_90a or 90a), separated by ";", "," or spaces')
+MAX_BUILD_ERRORS = 20
+
+
 @app.command("build")
 def build_cmd(arch: Optional[str] = typer.Option(None, help='CUDA archs, e.g. "8.0;9.0a" (default: the GPU\'s)'),
               force: bool = typer.Option(False, "--force", help="rebuild even if cached"),
               verbose: bool = typer.Option(False, "--verbose", help="show the compiler's output")):
     """Compile csrc/ into the extension cache (works with nvcc and no GPU when --arch is given)."""
+    if arch is not None:
+        try:
+            toolchain.parse_arch_list(arch)
+        except ValueError as exc:
+            raise _usage(f"--arch: {exc}; expected {ARCH_FORMS}") from None
+    toolchain.export_cuda_home()
     from mishbench.op import build
-    try:
-        with console.status("building the CUDA extension…") as spinner:
-            result = build.build(arch=arch, force=force, verbose=verbose,
-                                 progress=lambda msg: spinner.update(f"building: {msg}"))
-    except ValueError as exc:
-        raise _usage(f"--arch: {exc}") from None
+    with console.status("building the CUDA extension…") as spinner:
+        result = build.build(arch=arch, force=force, verbose=verbose,
+                             progress=lambda msg: spinner.update(f"building: {msg}"))
     if not result.ok:
-        console.print(f"[bold red]build failed[/] ({result.seconds:.1f} s); first errors:")
-        for line in result.errors[:10]:
-            console.print(f"  {line}", highlight=False, soft_wrap=True)
-        console.print(f"full log: {result.log_path}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]build failed[/] ({result.seconds:.1f} s): {result.reason}", highlight=False,
+                      soft_wrap=True)
+        if result.errors:
+            shown = result.errors[:MAX_BUILD_ERRORS]
+            console.print(f"first {len(shown)} compiler error(s):", highlight=False)
+            for line in shown:
+                console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
+        if result.log_path:
+            console.print(f"full log: {result.log_path}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[green]built[/] for {result.arch_list} in {result.seconds:.1f} s -> {result.module_path}",
                   highlight=False, soft_wrap=True)
@@ -123,12 +133,14 @@ def verify(device: str = typer.Option("auto", help="auto | cpu | cuda"),
            distributed: int = typer.Option(0, help="also train under DDP and FSDP with N ranks"),
            seed: Optional[int] = typer.Option(None, help="reproduce a run (default: a fresh random seed)"),
            strict: bool = typer.Option(False, "--strict", help="skipped checks fail the run"),
-           json_path: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON")):
+           json_path: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON ('-': to "
+                                                                         "stdout, the table to stderr)")):
     """Check a ModelNew (ours, or --candidate) against the reference Model."""
-    torch_dtype = _dtype(dtype)
-    precision = _precision(precision, torch_dtype)
+    # Every flag is checked before torch is imported: a usage error answers at once.
+    _checked("--dtype", names.check_dtype, dtype)
+    _checked("--precision", names.check_precision, precision, dtype)
     size_list = _sizes(sizes)
-    dev = _device(device)
+    _checked("--device", names.check_device, device)
     _existing_file(candidate, "--candidate")
     if distributed < 0:
         raise _usage(f"--distributed: must be >= 0, got {distributed}")
@@ -137,24 +149,42 @@ def verify(device: str = typer.Option("auto", help="auto | cpu | cuda"),
         # in its isolated worker process, so their rows would describe the wrong model.
         raise _usage("--candidate with --distributed: the distributed checks run mishbench's own ModelNew, "
                      "not a candidate; run them separately")
+    to_stdout = json_path is not None and str(json_path) == outfiles.STDOUT
     _writable_file(json_path, "--json")
-    report = _verify_report(dev, torch_dtype, precision, size_list, candidate, distributed, seed)
-    print_report(report)
-    if json_path is not None:
-        try:
-            json_path.write_text(report.to_json() + "\n")
-        except OSError as exc:
-            usage_error(f"--json: cannot write {str(json_path)!r}: {exc.strerror or exc}")
-            raise typer.Exit(1) from None
-        console.print(f"JSON report: {json_path}", highlight=False)
+    out = err_console if to_stdout else console
+    dev = _device(device)
+    report = _verify_report(dev, _torch_dtype(dtype), precision, size_list, candidate, distributed, seed, out)
+    print_report(report, out, strict=strict)
+    if to_stdout:
+        sys.stdout.write(report.to_json() + "\n")
+        sys.stdout.flush()
+    elif json_path is not None:
+        where = _save(json_path, report.to_json() + "\n", "--json", out)
+        if where is None:
+            raise typer.Exit(1)
+        out.print(f"JSON report: {where}", highlight=False, soft_wrap=True)
     if not report.ok or (strict and not report.complete):
         raise typer.Exit(1)
 
 
-def _verify_report(dev, torch_dtype, precision, size_list, candidate, distributed, seed):
+def _save(path: Path, text: str, flag: str, out) -> Optional[Path]:
+    """Write `text`; when that fails, keep it in a sibling (or temporary) file and say where. None: not
+    written where asked (the caller exits 1)."""
+    try:
+        where = outfiles.write_with_fallback(path, lambda p: p.write_text(text))
+    except OSError as exc:
+        usage_error(f"{flag}: cannot write {str(path)!r}: {exc.strerror or exc}; nothing could be kept")
+        return None
+    if where != path:
+        usage_error(f"{flag}: cannot write {str(path)!r}; what was measured is kept in {str(where)!r}")
+        return None
+    return where
+
+
+def _verify_report(dev, torch_dtype, precision, size_list, candidate, distributed, seed, out=console):
     from mishbench.verify import core as verify_mod
     progress = None
-    with console.status("verifying…") as spinner:
+    with out.status("verifying…") as spinner:
         progress = lambda name: spinner.update(f"verifying: {name}")  # noqa: E731
         if candidate is not None:
             from mishbench.candidate.source import CandidateUsageError
@@ -195,44 +225,45 @@ def bench(sizes: Optional[List[str]] = typer.Option(None, "--sizes", help="BxKxN
           resume: bool = typer.Option(False, "--resume", help="skip rows already in --out"),
           out: Optional[Path] = typer.Option(None, help="CSV to append rows to (default results/<timestamp>.csv)")):
     """Time Model (eager, torch.compile) and ModelNew with CUDA events; append rows to a CSV."""
-    from mishbench.bench import plan as plan_mod
-    from mishbench.bench.run import run_bench
-    torch_dtype = _dtype(dtype)
-    precision = _precision(precision, torch_dtype)
+    _checked("--dtype", names.check_dtype, dtype)
+    _checked("--precision", names.check_precision, precision, dtype)
     if sizes and preset:
         raise _usage("--sizes and --preset: give one or the other")
     size_list = _sizes(sizes, None if sizes else (preset or "kernelbench"))
-    mode = mode or ("fwd_bwd" if distributed else "fwd")
-    if mode not in ("fwd", "fwd_bwd", "all"):
-        raise _usage(f"--mode: unknown mode {mode!r}: expected fwd, fwd_bwd or all")
+    mode = _checked("--mode", names.check_mode, mode or ("fwd_bwd" if distributed else "fwd"))
     _existing_file(candidate, "--candidate")
     if warmup < 0 or iters < 1:
         raise _usage(f"--warmup/--iters: must be >= 0 and >= 1, got {warmup} and {iters}")
     if distributed < 0:
         raise _usage(f"--distributed: must be >= 0, got {distributed}")
-    try:
-        base = plan_mod.parse_baselines(baselines, preset or ("custom" if sizes else "kernelbench"))
-    except ValueError as exc:
-        raise _usage(f"--baselines: {exc}") from None
-    opts = plan_mod.BenchOptions(sizes=size_list, dtype=torch_dtype, precision=precision,
+    base = _checked("--baselines", names.parse_baselines, baselines,
+                    preset or ("custom" if sizes else "kernelbench"))
+    out = _writable_file(out or default_results_path(), "--out")
+    toolchain.export_cuda_home()
+    from mishbench.bench import plan as plan_mod
+    from mishbench.bench.run import run_bench
+    opts = plan_mod.BenchOptions(sizes=size_list, dtype=_torch_dtype(dtype), precision=precision,
                                  modes=["fwd", "fwd_bwd"] if mode == "all" else [mode], baselines=base,
                                  warmup=warmup, iters=max(iters, 1), candidate=candidate,
-                                 distributed=distributed, resume=resume, out=out or default_results_path())
+                                 distributed=distributed, resume=resume, out=out)
     raise typer.Exit(run_bench(opts, console))
 
 
 @app.command()
 def report(csvs: List[Path] = typer.Argument(None, help="result CSVs (default: results/*.csv)"),
-           markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
-           csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the merged table as CSV"),
-           plot: Optional[Path] = typer.Option(None, help="write speedup and TFLOP/s plots (PNG)")):
-    """Merge result CSVs into one table: one row per shape × mode, providers as columns."""
-    from mishbench.report import core as report_mod
+           markdown: bool = typer.Option(False, "--markdown", help="print every column as a Markdown table"),
+           csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the merged table (every column) as CSV"),
+           plot: Optional[Path] = typer.Option(None, help="write PLOT.png (the KernelBench shape) and, where the "
+                                                          "data has them, PLOT-sweep.png and PLOT-roofline.png")):
+    """Merge result CSVs: on the terminal the columns that fit; --markdown / --csv keep every column."""
     paths = list(csvs or sorted(Path("results").glob("*.csv")))
     if not paths:
         raise _usage("no result CSVs given and none under results/")
     for p in paths:
         _existing_file(p, "CSV")
+    _writable_file(csv_out, "--csv")
+    _writable_file(plot, "--plot")
+    from mishbench.report import core as report_mod
     raise typer.Exit(report_mod.run_report(paths, markdown=markdown, csv_out=csv_out, plot=plot, console=console))
 
 
@@ -244,6 +275,7 @@ def default_results_path() -> Path:
 @app.command()
 def run():
     """The main job: build, verify, bench --preset kernelbench and report (verify alone without a GPU)."""
+    toolchain.export_cuda_home()
     import torch
     if not torch.cuda.is_available():
         dev = _device("cpu")

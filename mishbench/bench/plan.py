@@ -8,7 +8,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from mishbench import envinfo
-from mishbench.bench.providers import BASELINES, Spec, flops, one_line
+from mishbench.bench.providers import Spec, flops, one_line
+from mishbench.names import parse_baselines  # noqa: F401 (checked without torch by the CLI; re-exported)
 from mishbench.op import ops
 from mishbench.op.model import ModelNew
 from mishbench.op.precision import accuracy_class, dtype_name, resolve_precision
@@ -40,27 +41,6 @@ class BenchOptions:
     warmup_ms: float = 100.0
     max_iters: int = 200
     input_sets: int = 3
-
-
-def parse_baselines(text: Optional[str], preset: str) -> List[str]:
-    """'eager,compile,compile-max' -> list; default eager,compile (eager only for the sweep).
-
-    eager is always timed: it is the declared baseline every speedup and pct is read against.
-    """
-    if text is None or not text.strip():
-        return ["eager"] if preset == "sweep" else ["eager", "compile"]
-    out: List[str] = []
-    for item in text.split(","):
-        name = item.strip()
-        if not name:
-            raise ValueError(f"empty item in {text!r}")
-        if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}: expected a comma list of {', '.join(BASELINES)}")
-        if name not in out:
-            out.append(name)
-    if "eager" not in out:
-        out.insert(0, "eager")
-    return out
 
 
 def peak_kind(precision: str, dtype: torch.dtype) -> Tuple[str, float]:

@@ -3,11 +3,16 @@ crash loses no finished case), with `--resume` skipping the cases already in it.
 runner both write through here, and both end the same way (`finish`)."""
 import datetime
 from pathlib import Path
-from typing import Callable, List, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Sequence, Set, Tuple
 
 from mishbench.bench.providers import SUBJECT_IMPLS
+from mishbench.outfiles import fallbacks
 from mishbench.schema import Row, append_rows, read_rows, row_key
 from mishbench.shapes import Size
+
+
+# --out paths that could not be appended to mid-run -> (where the rows went from then on, why).
+_moved: Dict[str, Tuple[Path, str]] = {}
 
 
 class Sink:
@@ -31,7 +36,21 @@ class Sink:
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         for row in rows:
             row["timestamp"] = stamp
-        append_rows(self.path, rows)
+        try:
+            append_rows(self.path, rows)
+        except OSError as exc:
+            # The disk filled or the folder went away mid-run: keep what was measured next to it (or in the
+            # temporary folder), and say where at the end (finish).
+            for other in fallbacks(self.path):
+                try:
+                    append_rows(other, rows)
+                except OSError:
+                    continue
+                _moved[str(self.path)] = (other, exc.strerror or str(exc))
+                self.path = other
+                break
+            else:
+                raise
         written.extend(rows)
 
 
@@ -43,5 +62,10 @@ def failed(rows: Sequence[Row]) -> bool:
 def finish(console, table, written: Sequence[Row], path: Path) -> int:
     """The final table, where the rows went, and the exit code."""
     console.print(table)
+    moved = _moved.pop(str(path), None)
+    if moved is not None:
+        console.print(f"[bold red]error:[/] --out: cannot write {path} ({moved[1]}); the rows measured from then "
+                      f"on are kept in {moved[0]}", highlight=False, soft_wrap=True)
+        return 1
     console.print(f"{len(written)} row(s) appended to {path}", highlight=False)
     return 1 if failed(written) else 0

@@ -240,7 +240,7 @@ def build(arch: Optional[str] = None, force: bool = False, verbose: bool = False
     if verbose:
         sys.stdout.write(log)
     if not so.exists():
-        errors = parse_errors(log) or ([f"{type(err).__name__}: {err}".splitlines()[0]] if err else [])
+        errors = parse_errors(log, limit=20) or ([f"{type(err).__name__}: {err}".splitlines()[0]] if err else [])
         return fail(f"compile failed (see {log_path})", archs, cache, log_path, errors)
     (cache / _STAMP).write_text(json.dumps({"archs": archs, "cuda_home": cuda_home, "key": key}))
     if err is not None:

@@ -168,6 +168,19 @@ def find_toolkit() -> Optional[str]:
     return home
 
 
+def export_cuda_home() -> Optional[str]:
+    """Put the toolkit `info` shows into CUDA_HOME before torch.utils.cpp_extension (imported by
+    torch.compile's Inductor too) looks for one: it otherwise takes the folder above the first `nvcc` on
+    PATH -- a wrapper script's folder here -- and warns "No CUDA runtime is found, using CUDA_HOME=..." with
+    a path that contradicts `info`. Leaves a CUDA_HOME the user set alone; does nothing without a toolkit."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    home = find_toolkit()
+    if home is not None:
+        os.environ["CUDA_HOME"] = home
+    return home
+
+
 def point_torch_at(home: str) -> None:
     # torch computes CUDA_HOME once, at import of cpp_extension, from `which nvcc`; a wrapper script makes
     # that the wrong folder (then linking fails on -lcudart). Set the environment first (so a first import

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from mishbench.schema import BASELINE_IMPLS, COLUMNS, ROW_KEY
+from mishbench.schema import BASELINE_IMPLS, COLUMNS, LATER_COLUMNS, ROW_KEY
 
 NUMERIC = ["batch", "in_features", "out_features", "median_ms", "p20_ms", "p80_ms", "iters", "tflops",
            "pct_of_peak", "speedup_vs_eager", "speedup_vs_compile", "speedup_vs_fp32_eager", "rel_err",
@@ -35,10 +35,13 @@ def load(paths: Sequence[Path]):
             raise ReportError(f"{path} is empty, not a mishbench result CSV") from None
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
             raise ReportError(f"{path} is not a mishbench result CSV: {' '.join(str(exc).split())[:200]}") from None
-        missing = [c for c in COLUMNS if c not in df.columns]
+        missing = [c for c in COLUMNS if c not in df.columns and c not in LATER_COLUMNS]
         if missing:
             shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
             raise ReportError(f"{path} is not a mishbench result CSV: missing columns {shown}")
+        for col in LATER_COLUMNS:  # an older file: the column reads empty
+            if col not in df.columns:
+                df[col] = ""
         frames.append(df[COLUMNS])
     df = pd.concat(frames, ignore_index=True)
     for col in NUMERIC:
@@ -121,7 +124,7 @@ def _display(col: str, value) -> str:
         return value
     if col.endswith(" ms"):
         return f"{value:.4g}"
-    if " vs " in col:
+    if " vs " in col or "×" in col:
         return f"{value:.2f}x"
     if col.endswith("TFLOP/s"):
         return f"{value:.1f}"
@@ -161,72 +164,108 @@ def to_markdown(table) -> str:
     return "\n".join(lines)
 
 
-def rich_table(table, title: str):
-    from rich.table import Table
-    cols = display_columns(table)
-    out = Table(title=title, title_justify="left")
-    for c in cols:
-        out.add_column(c, justify="left" if c in ("gpu", "dtype", "class", "shape", "mode", "status") else "right",
-                       overflow="fold")
-    for row in display_rows(table):
-        style = "" if row[-1] == "ok" else "yellow"
-        cells = row[:-1] + [f"[{style}]{row[-1]}[/]" if style else row[-1]]
-        out.add_row(*cells)
-    return out
+SUBJECT_COLUMN = {"mishbench": "mishbench", "composite": "mishbench", "candidate": "candidate"}
 
 
-def plot_png(df, path: Path) -> None:
-    """Two panels: speedup vs eager per subject, and TFLOP/s per provider, against shape (by FLOPs)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def compact(df) -> List[Dict[str, object]]:
+    """The terminal view: one record per (gpu, shape, mode, dtype, precision) -- each precision a subject
+    ran in, held against its accuracy class's baselines -- with the few numbers a person reads first."""
+    records: List[Dict[str, object]] = []
+    classes = ("fp32", "tf32", "bf16", "fp16", "fp64")
+    ordered = df.assign(_flops=df["batch"] * df["in_features"] * df["out_features"],
+                        _class=[classes.index(c) if c in classes else 9 for c in df["accuracy_class"]])
+    ordered = ordered.sort_values(["gpu", "_class", "dtype", "mode", "world_size", "_flops", "batch"],
+                                  kind="mergesort")
+    for _, grp in ordered.groupby(GROUP + ["world_size"], sort=False):
+        base = {r["impl"]: r for _, r in grp.iterrows() if r["impl"] in BASELINE_IMPLS}
+        subjects = grp[~grp["impl"].isin(BASELINE_IMPLS)]
+        precisions = list(dict.fromkeys(subjects["precision"])) or list(dict.fromkeys(grp["precision"]))
+        first = grp.iloc[0]
+        world = first["world_size"]
+        for prec in precisions:
+            rec: Dict[str, object] = {
+                "gpu": first["gpu"], "shape": f"{int(first['batch'])}x{int(first['in_features'])}x"
+                                               f"{int(first['out_features'])}",
+                "mode": str(first["mode"]) + (f" DDP×{int(world)}" if _present(world) and world > 1 else ""),
+                "dtype": first["dtype"], "precision": prec,
+                "dtype precision": first["dtype"] + ("" if prec == "native" else f" {prec}")}
+            flags = []
+            for impl, r in base.items():
+                rec[f"{impl} ms"] = r["median_ms"] if r["status"] == "ok" else math.nan
+                if r["status"] != "ok":
+                    flags.append(f"{impl}: {r['status']}")
+            for _, r in subjects[subjects["precision"] == prec].iterrows():
+                who = SUBJECT_COLUMN.get(r["impl"], str(r["impl"]))
+                ok = r["status"] == "ok"
+                rec[f"{who} ms"] = r["median_ms"] if ok else math.nan
+                rec[f"{who} ×eager"] = r["speedup_vs_eager"] if ok else math.nan
+                rec[f"{who} ×compile"] = r["speedup_vs_compile"] if ok else math.nan
+                if r["speedup_vs_fp32_eager"] != r["speedup_vs_eager"]:
+                    rec[f"{who} ×fp32 eager"] = r["speedup_vs_fp32_eager"] if ok else math.nan
+                rec[f"{who} rel_err"] = r["rel_err"]
+                route = r["route"] or ("composite" if r["impl"] == "composite" else "")
+                rec[f"{who} route"] = route
+                if not ok:
+                    flags.append(f"{who}: {r['status']}")
+            rec["status"] = "ok" if not flags else "; ".join(flags)
+            records.append(rec)
+    return records
 
-    ok = df[df["status"] == "ok"].copy()
-    ok["label"] = [_label(r) for _, r in ok.iterrows()]
-    ok["shape"] = [f"{int(b)}x{int(k)}x{int(n)}" for b, k, n in zip(ok["batch"], ok["in_features"], ok["out_features"])]
-    ok["_flops"] = ok["batch"] * ok["in_features"] * ok["out_features"]
-    shapes = list(ok.sort_values("_flops", kind="mergesort")["shape"].drop_duplicates())
-    xpos = {s: i for i, s in enumerate(shapes)}
-    multi_gpu = ok["gpu"].nunique() > 1
-    # Stacked, legends to the right: with every provider × mode × dtype a legend inside the axes hides data.
-    fig, (ax_s, ax_t) = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(shapes) + 5), 10))
-    for key, grp in ok.groupby(["label", "dtype", "accuracy_class", "mode", "gpu"], sort=True):
-        label, dtype, accuracy, mode, gpu = key
-        name = f"{label} · {dtype}/{accuracy} · {mode}" + (f" · {gpu}" if multi_gpu else "")
-        grp = grp.sort_values("_flops", kind="mergesort")
-        x = [xpos[s] for s in grp["shape"]]
-        ax_t.plot(x, grp["tflops"], marker="o", label=name)
-        if label.split(" ")[0] not in BASELINE_IMPLS and grp["speedup_vs_eager"].notna().any():
-            ax_s.plot(x, grp["speedup_vs_eager"], marker="o", label=name)
-    tf = ok["tflops"].dropna()
-    if len(tf) and tf.min() > 0 and tf.max() / tf.min() > 100:  # a sweep spans launch- to compute-bound
-        ax_t.set_yscale("log")
-    ax_s.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    for ax, title, ylabel in ((ax_s, "speedup vs eager (same accuracy class)", "speedup (x)"),
-                              (ax_t, "throughput", "TFLOP/s")):
-        ax.set_xticks(range(len(shapes)))
-        ax.set_xticklabels(shapes, rotation=45, ha="right", fontsize=8)
-        ax.set_xlabel("shape BxKxN (by FLOPs)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), dpi=120, bbox_inches="tight")
-    plt.close(fig)
+
+# (header in the terminal, record key, right-aligned, keep level: 0 always shown, higher left out first)
+TERMINAL_COLUMNS = [
+    ("gpu", "gpu", False, 6), ("shape", "shape", False, 0), ("mode", "mode", False, 0),
+    ("precision", "dtype precision", False, 0),  # "fp32 3xtf32", "bf16": one column, not two
+    ("eager ms", "eager ms", True, 1), ("compile ms", "compile ms", True, 3),
+    ("compile-max ms", "compile-max ms", True, 5), ("mishbench ms", "mishbench ms", True, 1),
+    ("×eager", "mishbench ×eager", True, 0), ("×compile", "mishbench ×compile", True, 2),
+    ("×fp32 eager", "mishbench ×fp32 eager", True, 4), ("rel_err", "mishbench rel_err", True, 1),
+    ("route", "mishbench route", False, 2),
+    ("candidate ms", "candidate ms", True, 1), ("cand ×eager", "candidate ×eager", True, 1),
+    ("cand ×compile", "candidate ×compile", True, 4), ("cand rel_err", "candidate rel_err", True, 3),
+    ("status", "status", False, 0),
+]
 
 
-def _have_matplotlib() -> bool:
-    import importlib.util
+def terminal_table(df, title: str):
+    """A console.FitTable of compact(df): as many columns as the terminal has room for."""
+    from mishbench.console import Col, FitTable
+    records = compact(df)
+    one_gpu = df["gpu"].nunique() <= 1
+    if one_gpu and len(df):
+        title += f" · {df['gpu'].iloc[0]}"
+    cols = [c for c in TERMINAL_COLUMNS if not (one_gpu and c[0] == "gpu")]
+    rows, styles = [], []
+    for rec in records:
+        rows.append([_display(key, rec.get(key)) if key != "status" or rec["status"] != "ok" else ""
+                     for _, key, _, _ in cols])
+        styles.append("" if rec["status"] == "ok" else "yellow")
+    return FitTable(title, [Col(h, right=right, keep=keep, wrap=28 if key == "status" else 0)
+                            for h, key, right, keep in cols], rows, row_styles=styles,
+                    hint="--markdown or --csv has every column")
 
-    return importlib.util.find_spec("matplotlib") is not None
+
+def _write_or_keep(path: Path, write, what: str, console) -> bool:
+    """Write with `write(path)`; if that fails, write a sibling (or a temporary file) and say where."""
+    from mishbench.outfiles import write_with_fallback
+    try:
+        where = write_with_fallback(path, write)
+    except OSError as exc:
+        console.print(f"[bold red]error:[/] {what}: cannot write {path}: {exc.strerror or exc}", highlight=False,
+                      soft_wrap=True)
+        return False
+    if where != path:
+        console.print(f"[bold red]error:[/] {what}: cannot write {path}; kept in {where}", highlight=False,
+                      soft_wrap=True)
+        return False
+    return True
 
 
 def run_report(paths: List[Path], markdown: bool, csv_out: Optional[Path], plot: Optional[Path], console) -> int:
-    """`mishbench report`: 0 ok, 1 nothing to report or plotting unavailable, 2 a file that is not a result CSV."""
-    if plot is not None and not _have_matplotlib():
+    """`mishbench report`: 0 ok, 1 nothing to report, plotting unavailable or an output not written, 2 a
+    file that is not a result CSV. With --csv or --plot (and no --markdown) one summary line, not the table."""
+    from mishbench.report import plot as plot_mod
+    if plot is not None and not plot_mod.have_matplotlib():
         console.print(PLOT_HINT, highlight=False, markup=False)
         return 1
     try:
@@ -237,17 +276,27 @@ def run_report(paths: List[Path], markdown: bool, csv_out: Optional[Path], plot:
     if df.empty:
         console.print(f"no result rows in {', '.join(str(p) for p in paths)}", highlight=False)
         return 1
-    table = wide(df)
     title = f"mishbench report — {len(df)} rows from {len(paths)} file(s)"
+    table = wide(df)
     if markdown:
         console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
-    else:
-        console.print(rich_table(table, title))
+    elif csv_out is None and plot is None:
+        console.print(terminal_table(df, title))
+    code, wrote = 0, []
     if csv_out is not None:
-        csv_out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(csv_out, index=False)
-        console.print(f"wide table: {csv_out}", highlight=False)
+        if _write_or_keep(csv_out, lambda p: table.to_csv(p, index=False), "--csv", console):
+            wrote.append(f"{csv_out} ({len(table)} rows × {len(table.columns)} columns)")
+        else:
+            code = 1
     if plot is not None:
-        plot_png(df, plot)
-        console.print(f"plot: {plot}", highlight=False)
-    return 0
+        try:
+            written = plot_mod.plot_all(df, compact(df[df["status"] == "ok"]), plot)
+        except OSError as exc:
+            console.print(f"[bold red]error:[/] --plot: cannot write {plot}: {exc.strerror or exc}", highlight=False,
+                          soft_wrap=True)
+            return 1
+        wrote.append("plots " + ", ".join(str(p) for p in written))
+    if wrote:
+        console.print(f"{len(df)} rows from {len(paths)} file(s) -> {len(table)} table rows; wrote "
+                      + "; ".join(wrote), highlight=False, soft_wrap=True)
+    return code
