@@ -119,12 +119,12 @@ def sweep_csv(tmp_path):
     rows = []
     shapes = [(1, 1024, 1024), (128, 1024, 1024), (1024, 1024, 1024), (1024, 8192, 8192)]
     for i, shape in enumerate(shapes):
-        for dtype, prec, klass in (("fp32", "3xtf32", "fp32"), ("bf16", "native", "bf16")):
+        for dtype, prec, accuracy in (("fp32", "3xtf32", "fp32"), ("bf16", "native", "bf16")):
             if dtype == "bf16" and i == 1:
                 continue  # not measured: no marker and no line through it
             eager_prec = "ieee" if dtype == "fp32" else "native"
-            rows.append(row("s", "eager", 1.0 + i, dtype=dtype, precision=eager_prec, klass=klass, shape=shape))
-            rows.append(row("s", "mishbench", 0.8 + i, dtype=dtype, precision=prec, klass=klass, shape=shape,
+            rows.append(row("s", "eager", 1.0 + i, dtype=dtype, precision=eager_prec, accuracy=accuracy, shape=shape))
+            rows.append(row("s", "mishbench", 0.8 + i, dtype=dtype, precision=prec, accuracy=accuracy, shape=shape,
                             speedup_vs_eager=(1.0 + i) / (0.8 + i)))
     rows.append(row("s", "compile", 4.2, shape=shapes[-1]))
     append_rows(path, rows)

@@ -142,7 +142,7 @@ def _sweep(plt, ok, records):
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
-    for ax, (klass, series) in zip(axes.flat, panels):
+    for ax, (accuracy, series) in zip(axes.flat, panels):
         # Shapes grouped by K×N, then by batch: each group's points are joined, groups are not.
         shapes = sorted({s for pts in series.values() for s in pts}, key=lambda s: (s[1] * s[2], s[1], s[0]))
         xpos = {s: i for i, s in enumerate(shapes)}
@@ -169,7 +169,7 @@ def _sweep(plt, ok, records):
         ax.set_xlim(-0.5, len(shapes) - 0.5)
         ax.set_xlabel("shape B×K×N (grouped by K×N, batch rising)")
         ax.set_ylabel("speedup vs eager (same accuracy class)")
-        ax.set_title(f"accuracy class {klass}", fontsize=10)
+        ax.set_title(f"accuracy class {accuracy}", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best", frameon=False)
     fig.tight_layout()
