@@ -115,8 +115,9 @@ def check_autograd(v) -> Check:
     check = verdict("autograd", results) if results else Check("autograd", "fail", "no mode ran")
     what = f"{len(GRAD_MODES)} backward modes at {size} ({', '.join(GRAD_MODES)})"
     if problems:
-        return Check("autograd", "fail", "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3
-                                                                    else "") + f"; numbers: {check.detail}",
-                     check.metrics)
+        detail = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+        if results:
+            detail += f"; numbers of the modes that ran: {check.detail}"
+        return Check("autograd", "fail", detail, check.metrics)
     check.detail = f"{what}; upstream gradients left as passed; " + check.detail
     return check
