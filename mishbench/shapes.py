@@ -19,8 +19,9 @@ class Size(NamedTuple):
 KERNELBENCH = Size(1024, 8192, 8192)
 SMALL = Size(128, 10, 20)  # the old KernelBench size
 
-# Odd sizes on purpose: tails in every dimension, a single element, K not a multiple of 4.
-ODD_SIZES = [Size(1, 1, 1), Size(7, 13, 5), Size(129, 10, 20), Size(1000, 123, 77)]
+# Odd sizes on purpose: tails in every dimension, a single element, K not a multiple of 4; and a
+# KernelBench-sized batch at tiny K and N, so a path taken only from B = 1024 up is judged on the CPU too.
+ODD_SIZES = [Size(1, 1, 1), Size(7, 13, 5), Size(129, 10, 20), Size(1000, 123, 77), Size(1024, 13, 5)]
 
 PRESETS = {
     "kernelbench": [KERNELBENCH],

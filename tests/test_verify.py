@@ -12,7 +12,7 @@ from mishbench.verify.core import verify
 
 HALF_ON_CPU = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 1)
 CPU = torch.device("cpu")
-CORE = ["build", "forward", "backward", "param_count", "init", "state_dict", "gradcheck", "training",
+CORE = ["build", "forward", "backward", "param_count", "init", "state_dict", "gradcheck", "training", "autograd",
         "shapes", "bad_inputs"]
 
 

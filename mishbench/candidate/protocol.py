@@ -41,3 +41,74 @@ def read_exact(stream, n: int) -> Optional[bytes]:
 def torch_dtype_name(dtype: torch.dtype) -> str:
     """'float32', 'bfloat16', ...: the keys of DTYPES."""
     return str(dtype).replace("torch.", "")
+
+
+# ------------------------------------------------------------------------------------ what requests mean
+# The calls behind the `train` and `grad_mode` requests. The worker runs them on the candidate, the harness
+# on our ModelNew and on the reference Model (float64 and eager), so every subject is judged on the same
+# calls. Only torch here: the worker imports this module.
+GRAD_MODES = ("accumulate", "autograd_grad", "sum", "expanded", "transposed")
+
+
+def train_calls(model: torch.nn.Module, xs, targets, steps: int, lr: float, momentum: float):
+    """`steps` steps of torch.optim.SGD with momentum on ONE module, its parameters updated in place (so a
+    cache keyed on storage or call count goes stale), cycling through the batches `xs`/`targets`;
+    loss = mean((y − t)²). Returns the loss of each step, taken before its update."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    losses = []
+    threads = torch.get_num_threads()
+    if xs[0].device.type == "cpu":
+        # Small GEMMs on the CPU: intra-op threads add only synchronisation, which on a loaded 2-core
+        # machine made these steps ~10x slower than one thread.
+        torch.set_num_threads(1)
+    try:
+        for i in range(int(steps)):
+            x, t = xs[i % len(xs)], targets[i % len(targets)]
+            opt.zero_grad(set_to_none=True)
+            loss = ((model(x) - t) ** 2).mean()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    finally:
+        torch.set_num_threads(threads)
+    return losses
+
+
+def grad_mode_calls(model: torch.nn.Module, mode: str, x: torch.Tensor, grad_y: Optional[torch.Tensor]):
+    """Backward calls a plain forward + backward does not make, on `model` (grads zeroed first):
+    'accumulate'    y = f(x) twice with grad_y[0] then grad_y[1], nothing zeroed between: .grad holds the sum;
+    'autograd_grad' torch.autograd.grad(f(x), (x, *parameters), grad_y): .grad must stay empty;
+    'sum'           f(x).sum().backward(): the upstream gradient is one autograd expanded;
+    'expanded'      f(x).backward(grad_y.expand(y.shape)), grad_y of shape (1, out_features);
+    'transposed'    f(x).backward(grad_y.t()), grad_y of shape (out_features, batch): not contiguous.
+    Returns y (the last call's), the gradients by name ('x' and the module's parameter names) and facts:
+    'grad_written' (autograd_grad: which .grad were filled anyway). grad_y itself is the caller's to check:
+    a backward must leave its upstream gradient as it was."""
+    if mode not in GRAD_MODES:
+        raise ValueError(f"unknown grad mode {mode!r}: expected one of {', '.join(GRAD_MODES)}")
+    model.zero_grad(set_to_none=True)
+    params = list(model.named_parameters())
+    xx = x.detach().clone().requires_grad_()
+    facts: Dict[str, Any] = {}
+    if mode == "accumulate":
+        for g in grad_y:
+            y = model(xx)
+            y.backward(g)
+    elif mode == "autograd_grad":
+        y = model(xx)
+        got = torch.autograd.grad(y, [xx] + [p for _, p in params], grad_y, allow_unused=True)
+        facts["grad_written"] = (["x"] if xx.grad is not None else []) + [n for n, p in params if p.grad is not None]
+        grads = {"x": got[0]}
+        grads.update({n: g for (n, _), g in zip(params, got[1:])})
+        return y, grads, facts
+    else:
+        y = model(xx)
+        if mode == "sum":
+            y.sum().backward()
+        elif mode == "expanded":
+            y.backward(grad_y.expand(y.shape))
+        else:
+            y.backward(grad_y.t())
+    grads = {"x": xx.grad}
+    grads.update({n: p.grad for n, p in params})
+    return y, grads, facts

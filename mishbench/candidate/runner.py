@@ -149,6 +149,28 @@ class RemoteRunner(Runner):
         msg.update(self._state_fields(state))
         return self.request(msg, self.limits.call_s)
 
+    def train(self, size, state, xs, targets, steps, lr, momentum):
+        msg = {"op": "train", "size": tuple(size), "xs": [x.detach().cpu() for x in xs],
+               "targets": [t.detach().cpu() for t in targets], "steps": int(steps), "lr": float(lr),
+               "momentum": float(momentum)}
+        msg.update(self._state_fields(state))
+        reply = self.request(msg)
+        losses = [float(v) for v in reply.get("losses") or []]
+        final = {k: _tensor(v, "final parameter") for k, v in (reply.get("state") or {}).items()}
+        return losses, final
+
+    def grad_mode(self, mode, size, state, x, grad_y):
+        msg = {"op": "grad_mode", "mode": str(mode), "size": tuple(size), "x": x.detach().cpu(),
+               "grad_y": grad_y.detach().cpu() if grad_y is not None else None}
+        msg.update(self._state_fields(state))
+        reply = self.request(msg)
+        y = _tensor(reply.get("y"), "output").to(x.device)
+        grads = {k: v.to(x.device) for k, v in (reply.get("grads") or {}).items() if isinstance(v, torch.Tensor)}
+        after = reply.get("upstream_after")
+        facts = {"upstream_after": after.to(x.device) if isinstance(after, torch.Tensor) else None,
+                 "grad_written": [str(n) for n in reply.get("grad_written") or []]}
+        return y, grads, facts
+
     def call_error(self, size, x, param_device, param_dtype):
         reply = self.request({"op": "call_error", "size": tuple(size), "x": x.detach().cpu(),
                               "x_device": str(x.device), "param_device": str(param_device),

@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from mishbench import clock
-from mishbench.candidate.protocol import CANDIDATE_FILE, DTYPES, HEADER, MAX_MESSAGE, decode, encode, read_exact
+from mishbench.candidate.protocol import (CANDIDATE_FILE, DTYPES, HEADER, MAX_MESSAGE, decode, encode, grad_mode_calls,
+                                         read_exact, train_calls)
 
 
 # ------------------------------------------------------------------------------------- backend flags
@@ -360,6 +361,23 @@ class Worker:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         return {"flag_changes": list(self.flag_changes)}
+
+    def op_train(self, req):  # protocol.train_calls; the harness judges the losses and the final state
+        xs, targets = [x.to(self.device) for x in req["xs"]], [t.to(self.device) for t in req["targets"]]
+        model = self._model(req["size"], self.device, xs[0].dtype, req)
+        losses = train_calls(model, xs, targets, int(req["steps"]), float(req["lr"]), float(req["momentum"]))
+        self._note_flags("training")
+        return {"losses": losses, "state": {k: _cpu(v) for k, v in model.state_dict().items()},
+                "flag_changes": list(self.flag_changes)}
+
+    def op_grad_mode(self, req):  # protocol.grad_mode_calls; grad_y goes back as the candidate left it
+        x, grad_y = req["x"].to(self.device), req.get("grad_y")
+        grad_y = grad_y.to(self.device) if grad_y is not None else None
+        model = self._model(req["size"], self.device, x.dtype, req)
+        y, grads, facts = grad_mode_calls(model, str(req["mode"]), x, grad_y)
+        self._note_flags("backward")
+        return {"y": _cpu(y), "grads": {k: _cpu(v) for k, v in grads.items()}, "upstream_after": _cpu(grad_y),
+                "grad_written": list(facts.get("grad_written") or []), "flag_changes": list(self.flag_changes)}
 
     def op_flags(self, req):
         self._note_flags("request")

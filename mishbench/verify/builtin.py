@@ -5,6 +5,7 @@ from typing import Dict, Optional
 
 import torch
 
+from mishbench.candidate.protocol import grad_mode_calls, train_calls
 from mishbench.op import ops
 from mishbench.op.model import ModelNew
 from mishbench.op.precision import resolve_precision
@@ -48,6 +49,18 @@ class BuiltinRunner(Runner):
         y = model(x)
         y.backward(grad_y)
         return y.detach(), grads_by_name(model, x)
+
+    def train(self, size, state, xs, targets, steps, lr, momentum):
+        model = self._fresh(size, state, xs[0].device, xs[0].dtype)
+        losses = train_calls(model, list(xs), list(targets), steps, lr, momentum)
+        return losses, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def grad_mode(self, mode, size, state, x, grad_y):
+        model = self._fresh(size, state, x.device, x.dtype)
+        sent = None if grad_y is None else grad_y.detach().clone()  # the subject's copy: the judge keeps grad_y
+        y, grads, facts = grad_mode_calls(model, mode, x, sent)
+        facts["upstream_after"] = sent
+        return y.detach(), grads, facts
 
     def call_error(self, size, x, param_device, param_dtype):
         model = ModelNew(size.in_features, size.out_features, self._precision).to(param_device, param_dtype)

@@ -16,7 +16,7 @@ from mishbench.shapes import Size
 from mishbench.truth import guard, new_seed
 from mishbench.verify.core import Verifier
 
-DYNAMIC_CHECKS = ["forward", "backward", "param_count", "init", "state_dict", "gradcheck", "training", "shapes"]
+DYNAMIC_CHECKS = ["forward", "backward", "param_count", "init", "state_dict", "gradcheck", "training", "autograd", "shapes"]
 
 
 def verify_candidate(path, device: torch.device, dtype: torch.dtype, precision: Optional[str] = None,

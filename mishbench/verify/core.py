@@ -5,7 +5,7 @@ parameters is the truth, and the subject is held to `max(2·e_eager, floor)` whe
 PyTorch's own error in the same accuracy class. The subject is reached only through a `truth.Runner`, so
 the same checks serve our ModelNew (builtin.BuiltinRunner, in this process) and an untrusted candidate
 (candidate.runner.RemoteRunner, in its own process). Compiler and runtime compatibility checks are in
-compat.py.
+compat.py, training and the autograd contract in training.py.
 """
 from collections import OrderedDict
 from typing import Callable, List, Optional
@@ -18,8 +18,8 @@ from mishbench.op.precision import dtype_name
 from mishbench.op.reference import Model
 from mishbench.schema import Check, Report
 from mishbench.shapes import KERNELBENCH, ODD_SIZES, Size
-from mishbench.truth import Compared, Judge, Runner, guard, new_seed, reference_run, verdict
-from mishbench.verify import compat
+from mishbench.truth import Judge, Runner, guard, new_seed, reference_run, verdict
+from mishbench.verify import compat, training
 from mishbench.verify.builtin import BuiltinRunner
 
 class Verifier:
@@ -49,19 +49,24 @@ class Verifier:
         return Check("build", "fail", f"CUDA extension unavailable, running impl={impl}: "
                                       f"{ops.extension_reason() or 'unknown reason'}")
 
+    def _trial(self, size: Size, kind: str, with_grad: bool, lead=()):
+        """One input of `kind` (the 'mixed' extremes solved for the subject's initial state) and its verdicts."""
+        state = self.runner.init_state(size, self.seed)
+        x = self.judge.inputs(size, kind, lead=lead, state=state)
+        return self.judge.compare(self.runner, size, x, with_grad=with_grad, state=state)
+
     def check_forward(self) -> Check:
         results = []
         for size in self.sizes:
-            for kind in ("rand", "randn10"):
-                x = self.judge.inputs(size, kind)
-                results += [(f"{size} {kind}", c) for c in self.judge.compare(self.runner, size, x, with_grad=False)]
+            for kind in ("rand", "randn10", "mixed"):
+                results += [(f"{size} {kind}", c) for c in self._trial(size, kind, with_grad=False)]
         return verdict("forward", results)
 
     def check_backward(self) -> Check:
         results = []
         for size in self.sizes:
-            x = self.judge.inputs(size, "randn10")
-            results += [(f"{size}", c) for c in self.judge.compare(self.runner, size, x, with_grad=True)]
+            for kind in ("randn10", "mixed"):
+                results += [(f"{size} {kind}", c) for c in self._trial(size, kind, with_grad=True)]
         return verdict("backward", results)
 
     def check_param_count(self) -> Check:
@@ -117,47 +122,11 @@ class Verifier:
         return Check("gradcheck", "pass", f"float64 gradcheck at {size} on {self.device.type} "
                                           f"(impl={self.runner.impl(self.device)})")
 
-    def check_training(self, steps: int = 20, lr: float = 0.1) -> Check:
-        size = Size(64, 32, 16)
-        state = self.runner.init_state(size, self.seed)
-        x = self.judge.inputs(size, "randn10") / 10
-        target = torch.randn(size.batch, size.out_features, generator=self.gen, dtype=torch.float64)
+    def check_training(self) -> Check:
+        return training.check_training(self)
 
-        def train(run: Callable, dtype: torch.dtype):
-            params = OrderedDict((k, v.detach().to(self.device, dtype).clone()) for k, v in state.items())
-            tgt = target.to(self.device, dtype)
-            losses = []
-            for _ in range(steps):
-                y, grads = run(params, x.to(dtype))
-                # loss = mean((y − t)²); dL/dy = 2(y − t)/numel, handed to the subject as its upstream grad.
-                losses.append(float(((y.double() - tgt.double()) ** 2).mean()))
-                grad_y = (2 * (y.detach() - tgt) / y.numel()).to(dtype)
-                _, grads = run(params, x.to(dtype), grad_y)
-                for k in params:
-                    params[k] = params[k] - lr * grads[k].to(dtype)
-            return losses, params
-
-        def subject(params, xx, grad_y=None):
-            return self.runner.run(size, params, xx, grad_y)
-
-        def eager(dtype):
-            def fn(params, xx, grad_y=None):
-                return reference_run(size, params, xx, grad_y, dtype, tf32=self.tf32)
-            return fn
-
-        losses, params = train(subject, self.dtype)
-        l64, p64 = train(eager(torch.float64), torch.float64)
-        le, pe = train(eager(self.dtype), self.dtype)
-        results = [("final", Compared(k, params[k], p64[k], pe[k], self.dtype)) for k in params]
-        results.append(("losses", Compared("loss", torch.tensor(losses), torch.tensor(l64), torch.tensor(le), self.dtype)))
-        check = verdict("training", results)
-        check.metrics.update({"loss_first": losses[0], "loss_last": losses[-1], "steps": steps})
-        if check.status == "pass" and not losses[-1] < losses[0]:
-            return Check("training", "fail", f"loss did not decrease over {steps} SGD steps "
-                                             f"({losses[0]:.4g} -> {losses[-1]:.4g})", check.metrics)
-        if check.status == "pass":
-            check.detail = f"{steps} SGD steps track float64 Model: loss {losses[0]:.4g} -> {losses[-1]:.4g}; " + check.detail
-        return check
+    def check_autograd(self) -> Check:
+        return training.check_autograd(self)
 
     def check_shapes(self) -> Check:
         sizes = list(ODD_SIZES)
@@ -165,12 +134,9 @@ class Verifier:
             sizes.append(KERNELBENCH)
         results = []
         for size in sizes:
-            x = self.judge.inputs(size, "randn10")
-            results += [(str(size), c) for c in self.judge.compare(self.runner, size, x, with_grad=True)]
+            results += [(str(size), c) for c in self._trial(size, "mixed", with_grad=True)]
         # Leading batch dims and a 1-D input, as nn.Linear accepts them.
-        size = Size(5, 13, 7)
-        x = self.judge.inputs(size, "randn10", lead=(2, 3))
-        results += [("2x3x5x13x7", c) for c in self.judge.compare(self.runner, size, x, with_grad=True)]
+        results += [("2x3x5x13x7", c) for c in self._trial(Size(5, 13, 7), "mixed", with_grad=True, lead=(2, 3))]
         x1 = self.judge.inputs(Size(1, 13, 7), "randn10")[0]
         results += [("1-D (13,)->(7,)", c) for c in self.judge.compare(self.runner, Size(1, 13, 7), x1, with_grad=True)]
         check = verdict("shapes", results)
@@ -221,6 +187,7 @@ class Verifier:
                          ("backward", self.check_backward), ("param_count", self.check_param_count),
                          ("init", self.check_init), ("state_dict", self.check_state_dict),
                          ("gradcheck", self.check_gradcheck), ("training", self.check_training),
+                         ("autograd", self.check_autograd),
                          ("shapes", self.check_shapes), ("bad_inputs", self.check_bad_inputs)
                          ] + compat.checks(self):
             report.add(guard(name, fn, self.progress))

@@ -1,4 +1,4 @@
-# expect: fail=forward,backward,state_dict,gradcheck,training,shapes,anti_cheat_stale_output,anti_cheat_determinism,bad_inputs
+# expect: fail=forward,backward,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,anti_cheat_determinism,bad_inputs
 # expect-cuda: fail=forward,backward,state_dict,gradcheck,training,shapes,init,anti_cheat_stale_output,anti_cheat_streams,anti_cheat_determinism,bad_inputs
 """Broken: dereferences NULL in forward (a segfault, as a bad kernel pointer would).
 

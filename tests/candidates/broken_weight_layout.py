@@ -1,4 +1,4 @@
-# expect: fail=forward,backward,param_count,init,state_dict,gradcheck,training,shapes,anti_cheat_stale_output,bad_inputs
+# expect: fail=forward,backward,param_count,init,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,bad_inputs
 # expect-cuda: fail=forward,backward,init,state_dict,gradcheck,training,shapes,anti_cheat_stale_output,bad_inputs
 """Broken: weight stored [in_features][out_features], so Model's state_dict does not load.
 

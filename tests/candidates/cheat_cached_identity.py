@@ -1,4 +1,4 @@
-# expect: fail=anti_cheat_stale_output
+# expect: fail=anti_cheat_stale_output,training
 """Cheat: caches outputs by input identity (object and address), returning stale results for a reused buffer."""
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-# expect: fail=anti_cheat_input_mutation
+# expect: fail=anti_cheat_input_mutation,training
 """Cheat: zeroes its input after use (KernelBench's harness then ran the reference on zeros)."""
 import torch
 import torch.nn as nn
