@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mishbench"
 FLOORS = {
     "mishbench": 0, "mishbench.clock": 0, "mishbench.schema": 0, "mishbench.shapes": 0,
     "mishbench.console": 0, "mishbench.envinfo": 0,
-    "mishbench.op": 1, "mishbench.truth": 1, "mishbench.rounding": 1,
+    "mishbench.op": 1, "mishbench.truth": 1, "mishbench.rounding": 1, "mishbench.inputs": 1,
     "mishbench.model": 1, "mishbench.reference": 1,  # public re-exports of mishbench.op
     "mishbench.candidate": 2, "mishbench.distributed": 2,
     "mishbench.verify": 3, "mishbench.bench": 3, "mishbench.report": 3,
@@ -23,7 +23,8 @@ FLOORS = {
 }
 # Sideways arrows allowed within a floor: (from package, to package).
 SIDEWAYS = {("mishbench.truth", "mishbench.op"), ("mishbench.rounding", "mishbench.op"),
-            ("mishbench.truth", "mishbench.rounding"), ("mishbench.console", "mishbench.schema"),
+            ("mishbench.truth", "mishbench.rounding"), ("mishbench.truth", "mishbench.inputs"),
+            ("mishbench.inputs", "mishbench.rounding"), ("mishbench.console", "mishbench.schema"),
             ("mishbench.envinfo", "mishbench"), ("mishbench.model", "mishbench.op"),
             ("mishbench.reference", "mishbench.op"), ("mishbench.__main__", "mishbench.cli")}
 WORKER = "mishbench.candidate.worker"

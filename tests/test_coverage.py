@@ -9,7 +9,8 @@ from mishbench.candidate.protocol import GRAD_MODES, grad_mode_calls, train_call
 from mishbench.op import ops
 from mishbench.op.reference import Model
 from mishbench.shapes import ODD_SIZES, Size
-from mishbench.truth import EXTREME_Z, MISH_GRAD_ZERO, extreme_rows, linear_params, make_inputs
+from mishbench.inputs import EXTREME_Z, extreme_rows, linear_params, make_inputs
+from mishbench.rounding import MISH_GRAD_ZERO
 from mishbench.verify.builtin import BuiltinRunner
 from mishbench.verify.core import Verifier
 

@@ -13,7 +13,8 @@ import torch
 from mishbench.clock import Timing
 from mishbench.op.precision import eager_matmul_mode
 from mishbench.shapes import Size
-from mishbench.truth import GRAD_LABELS, Compared, make_inputs
+from mishbench.inputs import make_inputs
+from mishbench.truth import GRAD_LABELS, Compared
 
 BASELINES = ("eager", "compile", "compile-max")
 SUBJECT_IMPLS = ("mishbench", "composite", "candidate")  # rows whose mismatch/error fails the run

@@ -11,7 +11,8 @@ from mishbench.candidate.process import CandidateError, Limits
 from mishbench.candidate.runner import RemoteRunner
 from mishbench.candidate.source import load_candidate
 from mishbench.shapes import Size
-from mishbench.truth import Judge, make_inputs, new_seed
+from mishbench.inputs import make_inputs
+from mishbench.truth import Judge, new_seed
 
 
 # CUDA errors after which the process's context is unusable: every later request would fail the same way.

@@ -17,7 +17,8 @@ from mishbench.op.precision import eager_matmul_mode
 from mishbench.op.reference import Model
 from mishbench.schema import Check
 from mishbench.shapes import Size
-from mishbench.truth import GRAD_LABELS, GRAD_NAMES, Compared, linear_params, verdict
+from mishbench.inputs import linear_params
+from mishbench.truth import GRAD_LABELS, GRAD_NAMES, Compared, floors, verdict
 
 TRAIN_SIZE = Size(64, 32, 16)
 TRAIN_STEPS = 200
@@ -88,6 +89,20 @@ def _upstreams(v, size: Size) -> Dict[str, Optional[torch.Tensor]]:
     return {mode: None if shapes[mode] is None else v.judge.upstream(shapes[mode]) for mode in GRAD_MODES}
 
 
+def _total_upstream(mode: str, grad_y: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """The upstream gradient a mode's gradients answer to, as one (batch, out) tensor, for the floors: the
+    gradients are linear in it, so two accumulated backwards answer to the sum of their upstreams."""
+    if mode == "accumulate":
+        return grad_y[0] + grad_y[1]
+    if mode == "sum":
+        return torch.ones_like(y)
+    if mode == "expanded":
+        return grad_y.expand(y.shape)
+    if mode == "transposed":
+        return grad_y.t()
+    return grad_y
+
+
 def check_autograd(v) -> Check:
     size = AUTOGRAD_SIZE
     state = v.runner.init_state(size, v.seed)
@@ -101,11 +116,12 @@ def check_autograd(v) -> Check:
             continue
         y64, g64 = reference_grad_mode(mode, size, state, x, grad_y, torch.float64)
         ye, ge = reference_grad_mode(mode, size, state, x, grad_y, v.dtype, tf32=v.tf32)
-        results.append((mode, Compared("y", y, y64, ye, v.dtype)))
+        fl = floors(state, x, _total_upstream(mode, grad_y, y64), v.dtype, dict(g64, y=y64))
+        results.append((mode, Compared("y", y, y64, ye, v.dtype, *fl["y"])))
         for name in GRAD_NAMES:
             g = (grads or {}).get(name)
             g = torch.full_like(g64[name], float("nan")) if g is None else g  # a missing gradient fails
-            results.append((mode, Compared(GRAD_LABELS[name], g, g64[name], ge[name], v.dtype)))
+            results.append((mode, Compared(GRAD_LABELS[name], g, g64[name], ge[name], v.dtype, *fl[name])))
         after = facts.get("upstream_after")
         if grad_y is not None and (after is None or after.shape != grad_y.shape
                                    or not torch.equal(after.to(grad_y), grad_y)):
