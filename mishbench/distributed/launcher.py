@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -73,7 +74,8 @@ def launch(n: int, job_dir: Path, timeout: float) -> Tuple[int, str, bool]:
 
 
 def kill_group(proc: "subprocess.Popen", grace: float = 5.0) -> None:
-    """SIGTERM the process group started with `proc` (start_new_session), SIGKILL after `grace` seconds."""
+    """SIGTERM the process group started with `proc` (start_new_session), SIGKILL after `grace` seconds;
+    returns once no member of the group runs any more (or after `grace` more seconds)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -83,11 +85,36 @@ def kill_group(proc: "subprocess.Popen", grace: float = 5.0) -> None:
             proc.wait(timeout=grace)
             if sig == signal.SIGTERM:
                 os.killpg(proc.pid, signal.SIGKILL)  # stragglers that outlived torchrun
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
         except ProcessLookupError:
             return
+    # A SIGKILLed rank is gone only once the kernel has run its exit: at a load of 12 on 2 cores a rank
+    # was still running right after the kill (seen in the interrupt test).
+    deadline = time.monotonic() + grace
+    while _group_running(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group `pgid` is still running (zombies, which nobody may reap, count as gone).
+    Reads /proc (Linux); elsewhere it answers False and kill_group does not wait."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def rank_errors(job_dir: Path) -> List[str]:
