@@ -5,6 +5,7 @@ against float64 truth on inputs drawn from the run's seed (which the candidate n
 tensors only); the worker reports what it saw around each call (inputs and parameters compared after the
 call, output storage overlap, backend flags, timings).
 """
+import random
 import re
 from typing import Callable, List, Optional, Sequence
 
@@ -61,8 +62,10 @@ def check_backend_flags(runner) -> Check:
         return Check("anti_cheat_backend_flags", "fail",
                      "the candidate changed global PyTorch settings: " + "; ".join(runner.flag_changes[:4])
                      + " (a kernel must not change how other code computes; pass options explicitly)")
-    return Check("anti_cheat_backend_flags", "pass", "torch.backends / float32 matmul precision unchanged by "
-                                                     "import, construction and every call")
+    return Check("anti_cheat_backend_flags", "pass", "the whole torch.backends tree, matmul precision, "
+                                                     "determinism and the denormal (flush-to-zero) state unchanged "
+                                                     "by import, construction and every call (read in the "
+                                                     "candidate's process: a second opinion)")
 
 
 def _small_size(sizes: Sequence[Size]) -> Size:
@@ -124,28 +127,45 @@ def _timing_size(sizes: Sequence[Size]) -> Size:
 
 
 def check_streams(judge: Judge, sizes: Sequence[Size], runner, timing: dict) -> Check:
+    """The harness's clock against the candidate's: batches of calls timed here, around the request (the
+    candidate's process cannot reach this clock), and a random few of each batch's outputs judged; what
+    the worker measured itself (host clock; CUDA events on the current stream) is a second opinion that
+    must agree. Work left on a side stream, a rewritten clock or work skipped while timed shows here."""
     name = "anti_cheat_streams"
-    if judge.device.type != "cuda":
-        return Check(name, "skip", "needs a CUDA GPU (CUDA-event vs device-synchronize timing)")
-    size = _timing_size(sizes)
+    cuda = judge.device.type == "cuda"
+    size = _timing_size(sizes) if cuda else _small_size(sizes)
     state = runner.init_state(size, judge.seed)
-    x = judge.inputs(size, "rand")
-    flush = clock.flush_bytes(judge.device)
-    t = runner.time(size, state, x, None, warmup=5, iters=30, flush_bytes=flush)
-    ev, host = sorted(t["event_ms"]), sorted(t["host_ms"])
-    ev_med, host_med = ev[len(ev) // 2], host[len(host) // 2]
-    timing.update(size=size, event_ms=ev_med, host_ms=host_med)
-    # Host time = event time + a synchronize round trip (~10-50 us) + launch overhead before the start event.
-    # Side-stream work shows up only in host time; a gap of 0.1 ms plus a quarter of the host time is far
-    # beyond that noise at the KernelBench shape (2.7 ms eager fp32 on an H100).
-    gap = host_med - ev_med
-    metrics = {"event_ms": ev_med, "host_ms": host_med, "size": str(size)}
-    if gap > 0.1 + 0.25 * host_med:
-        return Check(name, "fail", f"CUDA events on the current stream say {ev_med:.3f} ms but a device-wide "
-                                   f"synchronize takes {host_med:.3f} ms at {size}: work is left on another stream",
-                     metrics)
-    return Check(name, "pass", f"event time {ev_med:.3f} ms agrees with synchronized host time {host_med:.3f} ms "
-                               f"at {size}", metrics)
+    xs = [judge.inputs(size, "rand") for _ in range(3)]
+    pick = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=judge.gen)))
+    res = runner.time_batches(size, state, xs, None, rng=pick)
+    for i, y in res["checked"]:
+        cmp = judge.against_truth(size, state, xs[i % len(xs)], None, y, None)[0][1]
+        if not cmp.ok:
+            return Check(name, "fail", f"timed call {i + 1} of a batch of {res['n']} (picked after the batch) "
+                                       f"returned a wrong output: rel_err {cmp.err:.3g} > bar {cmp.bar:.3g}; work "
+                                       "is skipped while timed", cmp.metrics())
+    harness = res["timing"].median_ms
+    claims = [("host clock", res["worker_host"].median_ms)]
+    if res["worker_event"] is not None:
+        claims.append(("CUDA events on the current stream", res["worker_event"].median_ms))
+    timing.update(size=size, host_ms=harness, event_ms=claims[-1][1])
+    # Agreement within a factor of two, beyond the round trip amortised over the batch: the round trip is
+    # subtracted once per batch, and a loaded machine adds scheduling delays to the harness's wall clock
+    # (measured up to 1.7x on a busy 2-core CPU); a slowed clock or work on a side stream is off by far more.
+    slack = 4.0 * res["round_trip_ms"] / res["n"] + harness / 2
+    metrics = {"harness_ms": harness, "n_per_batch": res["n"], "round_trip_ms": res["round_trip_ms"],
+               "size": str(size), **{k: v for k, v in claims}}
+    for what, claim in claims:
+        if harness - claim > slack:
+            why = "work is left on another stream" if what.startswith("CUDA") else \
+                "the clocks in its process run slow or are rewritten"
+            return Check(name, "fail", f"the harness's clock says {harness:.4f} ms per call ({res['n']} calls "
+                                       f"a batch) but the candidate's {what} says {claim:.4f} ms at {size}: {why}",
+                         metrics)
+    said = ", ".join(f"{what} {claim:.4f} ms" for what, claim in claims)
+    return Check(name, "pass", f"harness clock {harness:.4f} ms per call ({res['n']} calls a batch, "
+                               f"{len(res['checked'])} outputs picked afterwards all right) agrees with the "
+                               f"candidate's own ({said}) at {size}", metrics)
 
 
 def check_roofline(judge: Judge, timing: dict) -> Check:
