@@ -136,32 +136,39 @@ def check_streams(judge: Judge, sizes: Sequence[Size], runner, timing: dict) -> 
     size = _timing_size(sizes) if cuda else _small_size(sizes)
     state = runner.init_state(size, judge.seed)
     xs = [judge.inputs(size, "rand") for _ in range(3)]
+    # The same inputs one call at a time first: a timed output is held to truth where the untimed one meets
+    # it (an output wrong either way is the accuracy checks' finding, not a timing one).
+    untimed = [judge.against_truth(size, state, x, None, y, None)[0][1].ok
+               for x, y in zip(xs, runner.run_seq(size, state, xs))]
     pick = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=judge.gen)))
     res = runner.time_batches(size, state, xs, None, rng=pick)
-    for i, y in res["checked"]:
+    for i, y in res["checked"] if not res["inputs_changed"] else []:  # changed inputs: input_mutation's row
         cmp = judge.against_truth(size, state, xs[i % len(xs)], None, y, None)[0][1]
-        if not cmp.ok:
+        if not cmp.ok and untimed[i % len(xs)]:
             return Check(name, "fail", f"timed call {i + 1} of a batch of {res['n']} (picked after the batch) "
                                        f"returned a wrong output: rel_err {cmp.err:.3g} > bar {cmp.bar:.3g}; work "
-                                       "is skipped while timed", cmp.metrics())
+                                       "skipped while timed, or a buffer a later call overwrote", cmp.metrics())
     harness = res["timing"].median_ms
-    claims = [("host clock", res["worker_host"].median_ms)]
+    claims = [("host clock", res["worker_host"])]
     if res["worker_event"] is not None:
-        claims.append(("CUDA events on the current stream", res["worker_event"].median_ms))
-    timing.update(size=size, host_ms=harness, event_ms=claims[-1][1])
-    # Agreement within a factor of two, beyond the round trip amortised over the batch: the round trip is
-    # subtracted once per batch, and a loaded machine adds scheduling delays to the harness's wall clock
-    # (measured up to 1.7x on a busy 2-core CPU); a slowed clock or work on a side stream is off by far more.
-    slack = 4.0 * res["round_trip_ms"] / res["n"] + harness / 2
+        claims.append(("CUDA events on the current stream", res["worker_event"]))
+    timing.update(size=size, host_ms=harness, event_ms=claims[-1][1].median_ms)
     metrics = {"harness_ms": harness, "n_per_batch": res["n"], "round_trip_ms": res["round_trip_ms"],
-               "size": str(size), **{k: v for k, v in claims}}
+               "size": str(size), **{k: v.median_ms for k, v in claims}}
+    # Batch by batch, the harness's per-call time (round trip subtracted) against the candidate's claim for
+    # the same batch; the closest batch counts. A loaded machine delays the harness's wake-up and inflates
+    # some batches (measured up to 1.7x on a busy 2-core CPU), never all of them; a slowed clock or work on
+    # a side stream is off in every batch, by far more than 2x.
     for what, claim in claims:
-        if harness - claim > slack:
+        ratios = [(h - 4.0 * res["round_trip_ms"] / res["n"]) / c if c > 0 else float("inf")
+                  for h, c in zip(res["timing"].samples, claim.samples)]
+        if ratios and min(ratios) > 2.0:
             why = "work is left on another stream" if what.startswith("CUDA") else \
                 "the clocks in its process run slow or are rewritten"
             return Check(name, "fail", f"the harness's clock says {harness:.4f} ms per call ({res['n']} calls "
-                                       f"a batch) but the candidate's {what} says {claim:.4f} ms at {size}: {why}",
-                         metrics)
+                                       f"a batch) but the candidate's {what} says {claim.median_ms:.4f} ms at "
+                                       f"{size} (at least {min(ratios):.1f}x apart in every batch): {why}", metrics)
+    claims = [(what, c.median_ms) for what, c in claims]
     said = ", ".join(f"{what} {claim:.4f} ms" for what, claim in claims)
     return Check(name, "pass", f"harness clock {harness:.4f} ms per call ({res['n']} calls a batch, "
                                f"{len(res['checked'])} outputs picked afterwards all right) agrees with the "

@@ -213,6 +213,7 @@ class RemoteRunner(Runner):
             picks = sorted(rng.sample(range(n), min(check, n)))
             got = self.request({"op": "batch_outputs", "indices": picks})
             peak["mb"] = got.get("peak_mem_mb")
+            peak["inputs_changed"] = peak.get("inputs_changed") or bool(got.get("inputs_changed"))
             for i, y in zip(picks, got["ys"]):
                 checked.append((i, self._check_output(y, xs[i % len(xs)], size)))
 
@@ -223,7 +224,7 @@ class RemoteRunner(Runner):
         event = [float(r["event_ms"]) / res.n for r in res.replies if r.get("event_ms") is not None]
         return {"timing": res.timing, "n": res.n, "round_trip_ms": res.round_trip_ms,
                 "worker_host": clock.summarize(host), "worker_event": clock.summarize(event) if event else None,
-                "checked": checked, "peak_mem_mb": peak.get("mb")}
+                "checked": checked, "peak_mem_mb": peak.get("mb"), "inputs_changed": bool(peak.get("inputs_changed"))}
 
     def call_error(self, size, x, param_device, param_dtype):
         reply = self.request({"op": "call_error", "size": tuple(size), "x": x.detach().cpu(),

@@ -310,7 +310,7 @@ class Worker:
             y.backward(grad_y)
             return y
 
-        self.batch = {"call": call, "xs": xs, "size": req["size"], "kept": []}
+        self.batch = {"call": call, "xs": xs, "size": req["size"], "kept": [], "sent": [x.clone() for x in xs]}
         return {}
 
     def op_batch(self, req):
@@ -332,8 +332,13 @@ class Worker:
             self.outputs.check(y, b["xs"][int(i) % len(b["xs"])], b["size"], None)
             out.append(_cpu(y))
         self._note_flags("timed calls")
-        reply = {"ys": out, "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20
+        # Inputs changed by the timed calls: their outputs cannot be judged against the inputs sent, and
+        # the change is anti_cheat_input_mutation's finding.
+        changed = not all(_equal(x, x0) for x, x0 in zip(b["xs"], b["sent"]))
+        reply = {"ys": out, "inputs_changed": changed, "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20
                  if self.device.type == "cuda" else None}
+        if changed:
+            reply["observations"] = ["mutation: forward modified its input x in place (during timed calls)"]
         reply.update(self.env_reply())
         return reply
 
