@@ -142,8 +142,13 @@ class Runner:
     def precision(self, dtype: torch.dtype, device: torch.device) -> str:
         raise NotImplementedError
 
+    def construction_seed(self, seed: int) -> int:
+        """The seed `init_state(size, seed)` constructs under: `seed` itself, unless the subject must never
+        see the run's seed (a candidate's process: a seed derived from it)."""
+        return seed
+
     def init_state(self, size: Size, seed: int) -> State:
-        """The subject's state_dict (CPU, as constructed) right after `torch.manual_seed(seed)`."""
+        """The subject's state_dict (CPU, as constructed) right after `torch.manual_seed(construction_seed(seed))`."""
         raise NotImplementedError
 
     def run(self, size: Size, state: State, x: torch.Tensor, grad_y: Optional[torch.Tensor]

@@ -28,7 +28,8 @@ SIDEWAYS = {("mishbench.truth", "mishbench.op"), ("mishbench.rounding", "mishben
             ("mishbench.envinfo", "mishbench"), ("mishbench.model", "mishbench.op"),
             ("mishbench.reference", "mishbench.op"), ("mishbench.__main__", "mishbench.cli")}
 WORKER = "mishbench.candidate.worker"
-WORKER_MAY_IMPORT = {"mishbench.candidate.protocol", "mishbench.clock"}
+WORKER_MAY_IMPORT = {"mishbench.candidate.protocol", "mishbench.clock", "mishbench.candidate.environment",
+                     "mishbench.candidate.observe"}
 
 
 def module_name(path: Path) -> str:

@@ -7,7 +7,10 @@ Header lines (first lines of the file; `<!-- ... -->` in markdown):
   expect-cpu: skip-dynamic   a CUDA-kernel candidate: on the CPU only its build runs
   expect-warn: a,b      checks that must say warn
   expect-timeout: N     per-call time limit (hang candidates)
+  deprecated-api: NAME  with expect-deprecated: fail=…, the failing checks where the running torch raises a
+                        DeprecationWarning/FutureWarning for NAME (a verdict that differs between torch versions)
 """
+import warnings
 import os
 import re
 import shutil
@@ -33,7 +36,7 @@ CUDA_FILES = {"cuda_fused_ok.py", "broken_compile.py"}
 def header(path: Path) -> dict:
     out = {}
     for line in path.read_text().splitlines()[:6]:
-        m = re.match(r"^(?:#|<!--)\s*(expect(?:-\w+)?):\s*(.*?)\s*(?:-->)?$", line)
+        m = re.match(r"^(?:#|<!--)\s*(expect(?:-\w+)?|deprecated-api):\s*(.*?)\s*(?:-->)?$", line)
         if m:
             out[m.group(1)] = m.group(2)
     return out
@@ -59,6 +62,26 @@ def failing(report) -> set:
     return bad
 
 
+def _scripted(z: torch.Tensor) -> torch.Tensor:
+    return z * 2
+
+
+def deprecated_here(api: str) -> bool:
+    """Whether the running torch warns (DeprecationWarning/FutureWarning) when `api` is used."""
+    probes = {"torch.jit.script": lambda: torch.jit.script(_scripted)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probes[api]()
+    return any(issubclass(w.category, (DeprecationWarning, FutureWarning)) for w in caught)
+
+
+def expected(h: dict) -> set:
+    """The failing checks the header names for the running torch."""
+    if h.get("deprecated-api") and deprecated_here(h["deprecated-api"]):
+        return names(h["expect-deprecated"])
+    return names(h["expect"])
+
+
 def limits(h: dict) -> process.Limits:
     return process.Limits(call_s=float(h.get("expect-timeout", 60)), load_s=600)
 
@@ -73,16 +96,48 @@ def test_candidate_on_cpu(name):
     h = header(path)
     report = verify_candidate(path, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE, limits=limits(h))
     details = {c.name: f"{c.status}: {c.detail}" for c in report.checks}
-    assert failing(report) == names(h["expect"]), details
+    assert failing(report) == expected(h), "\n".join(f"{k}: {v}" for k, v in details.items()
+                                                     if not v.startswith(("pass", "skip")))
     for w in names(h.get("expect-warn", "")):
         assert details[w].startswith("warn"), details[w]
-    if names(h["expect"]):
+    if expected(h):
         assert not report.ok  # the CLI exits 1
     d = report.to_dict()
     assert d["impl"] == "candidate" and d["subject"] == str(path) and d["seed"] == SEED
     assert len(d["candidate_sha256"]) == 64
-    assert {"anti_cheat_streams", "anti_cheat_roofline"} <= set(details)
-    assert details["anti_cheat_streams"].startswith("skip") or failing(report)
+    assert {"anti_cheat_streams", "anti_cheat_roofline", "output_contract", "static_tampering"} <= set(details)
+    if "build" not in failing(report):  # the harness's clock runs on the CPU too
+        assert not details["anti_cheat_streams"].startswith("skip"), details["anti_cheat_streams"]
+
+
+def test_the_run_seed_never_reaches_the_candidate(monkeypatch):
+    """Construction in the candidate's process uses a seed derived from the run's, never the run's own
+    (the inputs are drawn from it); the init check holds Model to that same derived seed."""
+    from mishbench.op.reference import Model
+    sent = []
+    original = process.WorkerProcess.request
+
+    def request(self, message, timeout):
+        sent.append(message)
+        return original(self, message, timeout)
+    monkeypatch.setattr(process.WorkerProcess, "request", request)
+
+    def ints(value):
+        if isinstance(value, dict):
+            return [i for v in value.values() for i in ints(v)]
+        if isinstance(value, (list, tuple)):
+            return [i for v in value for i in ints(v)]
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+    cand = source.load_candidate(HERE / "plain_pytorch.py")
+    with runner.RemoteRunner(cand, torch.device("cpu"), torch.float32) as remote:
+        remote.load()
+        state = remote.init_state(Size(7, 13, 5), SEED)
+        seed = remote.construction_seed(SEED)
+    assert seed != SEED and seed == runner.RemoteRunner.construction_seed(remote, SEED)
+    assert all(SEED not in ints(m) for m in sent), [m.get("op") for m in sent if SEED in ints(m)]
+    torch.manual_seed(seed)
+    want = Model(13, 5).state_dict()
+    assert all(torch.equal(want[k], state[k]) for k in want)
 
 
 def test_answer_says_which_block_was_taken():
@@ -211,6 +266,34 @@ def test_static_deprecated_finds_cpp_and_python_apis():
         assert what in check.detail, check.detail
 
 
+@pytest.mark.parametrize("src,status", [
+    ("import time\ntime.perf_counter = lambda: 0\n", "fail"),
+    ("import torch\nE = torch.cuda.Event\nE.elapsed_time = lambda s, e: 0.1\n", "fail"),  # through an alias
+    ("import time as t\nsetattr(t, 'perf_counter', None)\n", "fail"),
+    ("import importlib\ntm = importlib.import_module('time')\ntm.monotonic = None\n", "fail"),
+    ("import sys\nsys.modules['time'].time = None\n", "fail"),
+    ("import torch\ntorch.cuda.synchronize = lambda *a: None\n", "fail"),
+    ("from unittest import mock\nmock.patch('time.perf_counter', lambda: 0).start()\n", "fail"),
+    ("from sys import _getframe\nx = _getframe()\n", "fail"),
+    ("import sys\ng = getattr(sys, '_getframe')\n", "fail"),
+    ("import gc\nobjs = gc.get_referrers(object())\n", "fail"),
+    ("import inspect\ns = inspect.currentframe()\n", "fail"),
+    ("def f(e):\n    return e.__traceback__.tb_frame.f_back\n", "fail"),
+    ("import __main__\n", "fail"),
+    ("import torch\nclass L(torch.Tensor):\n    pass\n", "warn"),
+    ("class A:\n    @classmethod\n    def __torch_dispatch__(cls, f, t, a=(), k=None):\n        pass\n", "warn"),
+    ("import threading\nthreading.Thread(target=print).start()\n", "warn"),
+    # Reading the clocks and timing one's own kernel is fine.
+    ("import time\nimport torch\nt0 = time.perf_counter()\ne = torch.cuda.Event(enable_timing=True)\n"
+     "e.record()\ntorch.cuda.synchronize()\n", "pass"),
+])
+def test_static_tampering(src, status):
+    from mishbench.candidate.tampering import check_tampering
+
+    check = check_tampering(Parsed(src))
+    assert check.status == status, check.detail
+
+
 REF_INPUTS = ("def get_inputs():\n    return [torch.rand(batch_size, in_features)]\n\n"
               "def get_init_inputs():\n    return [in_features, out_features]\n")
 
@@ -303,7 +386,7 @@ def test_candidate_on_gpu(name):
     report = verify_candidate(path, torch.device("cuda"), torch.float32, seed=SEED,
                                    sizes=[Size(1024, 8192, 8192)], limits=limits(h))
     details = "\n".join(f"{c.name}: {c.status}: {c.detail}" for c in report.checks if c.status in ("fail", "error"))
-    assert failing(report) == names(h.get("expect-cuda", h["expect"])), details
+    assert failing(report) == (names(h["expect-cuda"]) if "expect-cuda" in h else expected(h)), details
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -431,7 +514,7 @@ def test_bench_interrupt_kills_the_worker(tmp_path, workers, monkeypatch, where)
         original = process.WorkerProcess.request
 
         def request(self, message, timeout):
-            if message.get("op") == "time" and message["size"][0] == 3:
+            if message.get("op") == "batch_setup" and message["size"][0] == 3:
                 self._write(protocol.encode(message), time.monotonic() + timeout)
                 raise KeyboardInterrupt
             return original(self, message, timeout)
@@ -465,3 +548,44 @@ def test_bench_candidate_error_at_one_shape(tmp_path, workers, message, n_worker
     assert message in text
     assert len(workers) == n_workers
     assert all(w.proc.returncode is not None and not os.path.exists(w.tmp) for w in workers)
+
+
+def test_environment_probe_sees_the_whole_backends_tree_and_denormals():
+    from mishbench.candidate import environment
+    before = environment.snapshot()
+    assert before["denormals (cpu)"] == "kept"
+    assert any(k.startswith("torch.backends.mkldnn.") for k in before)
+    assert "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction" in before
+    old = (torch.backends.mkldnn.enabled, torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction)
+    try:
+        torch.backends.mkldnn.enabled = not old[0]
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = not old[1]
+        torch.set_flush_denormal(True)
+        changed = {line.split(":")[0] for line in environment.changes(before, environment.snapshot())}
+    finally:
+        torch.set_flush_denormal(False)
+        torch.backends.mkldnn.enabled = old[0]
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = old[1]
+    want = {"torch.backends.mkldnn.enabled", "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction"}
+    if torch.set_flush_denormal(True):  # FTZ is supported on this CPU: the probe must see it
+        torch.set_flush_denormal(False)
+        want.add("denormals (cpu)")
+    assert want <= changed, changed
+    assert not environment.changes(before, environment.snapshot())
+
+
+def test_worker_output_observer_sees_a_ring_of_buffers_and_subclasses():
+    from mishbench.candidate.observe import Outputs
+
+    class Sub(torch.Tensor):
+        pass
+    obs, ring, x = Outputs(), [torch.empty(4, 3), torch.empty(4, 3)], torch.zeros(4, 2)
+    for i in range(4):
+        obs.check(ring[i % 2], x, (4, 2, 3), None)
+    assert "storage" in obs.findings and obs.findings["storage"]["call"] == 3, obs.findings
+    fresh = Outputs()
+    for _ in range(4):
+        fresh.check(torch.empty(4, 3), x, (4, 2, 3), None)  # each dropped: its memory may come back
+    assert not fresh.findings, fresh.findings
+    fresh.check(torch.empty(4, 3, dtype=torch.float64).as_subclass(Sub), x, (4, 2, 3), None)
+    assert {"type", "dtype"} <= set(fresh.findings), fresh.findings

@@ -5,6 +5,7 @@ against float64 truth on inputs drawn from the run's seed (which the candidate n
 tensors only); the worker reports what it saw around each call (inputs and parameters compared after the
 call, output storage overlap, backend flags, timings).
 """
+import random
 import re
 from typing import Callable, List, Optional, Sequence
 
@@ -61,8 +62,10 @@ def check_backend_flags(runner) -> Check:
         return Check("anti_cheat_backend_flags", "fail",
                      "the candidate changed global PyTorch settings: " + "; ".join(runner.flag_changes[:4])
                      + " (a kernel must not change how other code computes; pass options explicitly)")
-    return Check("anti_cheat_backend_flags", "pass", "torch.backends / float32 matmul precision unchanged by "
-                                                     "import, construction and every call")
+    return Check("anti_cheat_backend_flags", "pass", "the whole torch.backends tree, matmul precision, "
+                                                     "determinism and the denormal (flush-to-zero) state unchanged "
+                                                     "by import, construction and every call (read in the "
+                                                     "candidate's process: a second opinion)")
 
 
 def _small_size(sizes: Sequence[Size]) -> Size:
@@ -124,28 +127,52 @@ def _timing_size(sizes: Sequence[Size]) -> Size:
 
 
 def check_streams(judge: Judge, sizes: Sequence[Size], runner, timing: dict) -> Check:
+    """The harness's clock against the candidate's: batches of calls timed here, around the request (the
+    candidate's process cannot reach this clock), and a random few of each batch's outputs judged; what
+    the worker measured itself (host clock; CUDA events on the current stream) is a second opinion that
+    must agree. Work left on a side stream, a rewritten clock or work skipped while timed shows here."""
     name = "anti_cheat_streams"
-    if judge.device.type != "cuda":
-        return Check(name, "skip", "needs a CUDA GPU (CUDA-event vs device-synchronize timing)")
-    size = _timing_size(sizes)
+    cuda = judge.device.type == "cuda"
+    size = _timing_size(sizes) if cuda else _small_size(sizes)
     state = runner.init_state(size, judge.seed)
-    x = judge.inputs(size, "rand")
-    flush = clock.flush_bytes(judge.device)
-    t = runner.time(size, state, x, None, warmup=5, iters=30, flush_bytes=flush)
-    ev, host = sorted(t["event_ms"]), sorted(t["host_ms"])
-    ev_med, host_med = ev[len(ev) // 2], host[len(host) // 2]
-    timing.update(size=size, event_ms=ev_med, host_ms=host_med)
-    # Host time = event time + a synchronize round trip (~10-50 us) + launch overhead before the start event.
-    # Side-stream work shows up only in host time; a gap of 0.1 ms plus a quarter of the host time is far
-    # beyond that noise at the KernelBench shape (2.7 ms eager fp32 on an H100).
-    gap = host_med - ev_med
-    metrics = {"event_ms": ev_med, "host_ms": host_med, "size": str(size)}
-    if gap > 0.1 + 0.25 * host_med:
-        return Check(name, "fail", f"CUDA events on the current stream say {ev_med:.3f} ms but a device-wide "
-                                   f"synchronize takes {host_med:.3f} ms at {size}: work is left on another stream",
-                     metrics)
-    return Check(name, "pass", f"event time {ev_med:.3f} ms agrees with synchronized host time {host_med:.3f} ms "
-                               f"at {size}", metrics)
+    xs = [judge.inputs(size, "rand") for _ in range(3)]
+    # The same inputs one call at a time first: a timed output is held to truth where the untimed one meets
+    # it (an output wrong either way is the accuracy checks' finding, not a timing one).
+    untimed = [judge.against_truth(size, state, x, None, y, None)[0][1].ok
+               for x, y in zip(xs, runner.run_seq(size, state, xs))]
+    pick = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=judge.gen)))
+    res = runner.time_batches(size, state, xs, None, rng=pick)
+    for i, y in res["checked"] if not res["inputs_changed"] else []:  # changed inputs: input_mutation's row
+        cmp = judge.against_truth(size, state, xs[i % len(xs)], None, y, None)[0][1]
+        if not cmp.ok and untimed[i % len(xs)]:
+            return Check(name, "fail", f"timed call {i + 1} of a batch of {res['n']} (picked after the batch) "
+                                       f"returned a wrong output: rel_err {cmp.err:.3g} > bar {cmp.bar:.3g}; work "
+                                       "skipped while timed, or a buffer a later call overwrote", cmp.metrics())
+    harness = res["timing"].median_ms
+    claims = [("host clock", res["worker_host"])]
+    if res["worker_event"] is not None:
+        claims.append(("CUDA events on the current stream", res["worker_event"]))
+    timing.update(size=size, host_ms=harness, event_ms=claims[-1][1].median_ms)
+    metrics = {"harness_ms": harness, "n_per_batch": res["n"], "round_trip_ms": res["round_trip_ms"],
+               "size": str(size), **{k: v.median_ms for k, v in claims}}
+    # Batch by batch, the harness's per-call time (round trip subtracted) against the candidate's claim for
+    # the same batch; the closest batch counts. A loaded machine delays the harness's wake-up and inflates
+    # some batches (measured up to 1.7x on a busy 2-core CPU), never all of them; a slowed clock or work on
+    # a side stream is off in every batch, by far more than 2x.
+    for what, claim in claims:
+        ratios = [(h - 4.0 * res["round_trip_ms"] / res["n"]) / c if c > 0 else float("inf")
+                  for h, c in zip(res["timing"].samples, claim.samples)]
+        if ratios and min(ratios) > 2.0:
+            why = "work is left on another stream" if what.startswith("CUDA") else \
+                "the clocks in its process run slow or are rewritten"
+            return Check(name, "fail", f"the harness's clock says {harness:.4f} ms per call ({res['n']} calls "
+                                       f"a batch) but the candidate's {what} says {claim.median_ms:.4f} ms at "
+                                       f"{size} (at least {min(ratios):.1f}x apart in every batch): {why}", metrics)
+    claims = [(what, c.median_ms) for what, c in claims]
+    said = ", ".join(f"{what} {claim:.4f} ms" for what, claim in claims)
+    return Check(name, "pass", f"harness clock {harness:.4f} ms per call ({res['n']} calls a batch, "
+                               f"{len(res['checked'])} outputs picked afterwards all right) agrees with the "
+                               f"candidate's own ({said}) at {size}", metrics)
 
 
 def check_roofline(judge: Judge, timing: dict) -> Check:

@@ -6,7 +6,9 @@ gets inputs and parameters and returns outputs (protocol.py and worker.py docume
 `RemoteRunner` is a `truth.Runner`, the candidate meets the same verify checks as our ModelNew; the static
 checks are in static.py and the anti-cheat checks in anticheat.py.
 """
+import hashlib
 import os
+import random
 import re
 import tempfile
 from pathlib import Path
@@ -14,10 +16,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from mishbench import clock
 from mishbench.candidate.process import DEFAULT_ARCH_NO_GPU, CandidateError, Limits, WorkerProcess
 from mishbench.candidate.protocol import torch_dtype_name
 from mishbench.candidate.source import Candidate
 from mishbench.candidate.static import kernel_usage, map_compiler_errors
+from mishbench.op.reference import Model
 from mishbench.op.precision import resolve_precision
 from mishbench.schema import Check
 from mishbench.shapes import Size
@@ -38,6 +42,12 @@ class RemoteRunner(Runner):
         self.load_reply: Optional[Dict[str, Any]] = None
         self.observations: List[str] = []
         self.flag_changes: List[str] = []
+        self.warnings: List[Dict[str, Any]] = []
+        # Model's parameter name -> the candidate's, where they differ but pair up by shape (state_dict row).
+        self.name_map: Dict[str, str] = {}
+        # What the harness itself saw wrong in the outputs it got back, by kind (output_contract).
+        self.contract_seen: Dict[str, Dict[str, Any]] = {}
+        self.calls = 0
         self._init_cache: Dict[Tuple[Size, int], Dict[str, torch.Tensor]] = {}
         self._sent_state: Optional[Tuple[Any, ...]] = None
         self._state_serial = 0
@@ -60,9 +70,9 @@ class RemoteRunner(Runner):
         """Start the worker and import the candidate (builds included). The reply: ok, error, builds."""
         self.proc = WorkerProcess(self.candidate, self.device, self.limits)
         self._sent_state = None
-        reply = self.proc.request({"op": "load", "device": str(self.device), "dtype": torch_dtype_name(self.dtype)},
-                                  self.limits.load_s)
-        self.flag_changes = list(reply.get("flag_changes") or self.flag_changes)
+        reply = self.proc.request({"op": "load", "device": str(self.device), "dtype": torch_dtype_name(self.dtype),
+                                   "ref_layout": reference_layout()}, self.limits.load_s)
+        self._note_env(reply)
         if self.load_reply is None:
             self.load_reply = reply
         return reply
@@ -89,8 +99,18 @@ class RemoteRunner(Runner):
                 self._sent_state = None
             raise
         self.observations += [o for o in reply.get("observations") or [] if o not in self.observations]
-        self.flag_changes = list(reply.get("flag_changes") or self.flag_changes)
+        self._note_env(reply)
         return reply
+
+    def _note_env(self, reply: Dict[str, Any]) -> None:
+        """Flag changes and warnings the worker reports are cumulative; a restarted worker starts over, so
+        what an earlier one reported is kept."""
+        for line in reply.get("flag_changes") or []:
+            if line not in self.flag_changes:
+                self.flag_changes.append(line)
+        for w in reply.get("warnings") or []:
+            if isinstance(w, dict) and w not in self.warnings:
+                self.warnings.append(w)
 
     def release(self) -> None:
         """Between bench cases, while the harness times its baselines: the worker drops its models, states and
@@ -117,37 +137,94 @@ class RemoteRunner(Runner):
     def precision(self, dtype, device):
         return resolve_precision(self._precision, dtype, device)
 
+    def construction_seed(self, seed: int) -> int:
+        """The seed the candidate's process constructs its module under: derived from the run's seed (so
+        `--seed` reproduces it) but never that seed, from which the inputs are drawn; a slow keyed hash, so
+        the run's seed cannot be searched for from it."""
+        key = hashlib.pbkdf2_hmac("sha256", str(int(seed)).encode(), b"mishbench construction seed", 20000)
+        return int.from_bytes(key[:4], "big") & 0x7FFFFFFF
+
     def init_state(self, size, seed):
         key = (Size(*size), int(seed))
         if key not in self._init_cache:
-            reply = self.request({"op": "init_state", "size": tuple(size), "seed": int(seed)})
+            reply = self.request({"op": "init_state", "size": tuple(size), "seed": self.construction_seed(seed)})
+            names = reply.get("names") or {}
+            if isinstance(names, dict) and names:
+                self.name_map = {str(k): str(v) for k, v in names.items()}
             self._init_cache = {key: reply["state"]}
         return self._init_cache[key]
+
+    def _check_output(self, y, x: torch.Tensor, size) -> torch.Tensor:
+        """What the harness checks itself on an output it got back: a tensor, x's dtype, Model's shape."""
+        self.calls += 1
+        if not isinstance(y, torch.Tensor):
+            self._seen("type", f"the output is {type(y).__name__}, not a torch.Tensor")
+            raise CandidateError(f"the candidate's output is {type(y).__name__}, not a Tensor")
+        want = tuple(x.shape[:-1]) + (int(size[2]),)
+        if y.dtype != x.dtype:
+            self._seen("dtype", f"output dtype {y.dtype} for a {x.dtype} input (Model returns {x.dtype})")
+        if tuple(y.shape) != want:
+            self._seen("shape", f"output shape {tuple(y.shape)} for input {tuple(x.shape)} (Model: {want})")
+        return y.to(x.device)
+
+    def _seen(self, kind: str, text: str) -> None:
+        f = self.contract_seen.setdefault(kind, {"count": 0, "first": text, "call": self.calls})
+        f["count"] += 1
 
     def run(self, size, state, x, grad_y):
         msg = {"op": "run", "size": tuple(size), "x": x.detach().cpu(),
                "grad_y": grad_y.detach().cpu() if grad_y is not None else None}
         msg.update(self._state_fields(state))
         reply = self.request(msg)
-        y = _tensor(reply.get("y"), "output").to(x.device)
+        y = self._check_output(reply.get("y"), x, size)
         grads = reply.get("grads")
         if grads is not None:
             grads = {k: v.to(x.device) for k, v in grads.items() if isinstance(v, torch.Tensor)}
         return y, grads
 
-    def run_seq(self, size, state, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-        msg = {"op": "run_seq", "size": tuple(size), "xs": [x.detach().cpu() for x in xs]}
+    def run_seq(self, size, state, xs: List[torch.Tensor], keep: bool = False) -> List[torch.Tensor]:
+        """xs through one reused input buffer; `keep`: every output held until the last call, then copied."""
+        msg = {"op": "run_seq", "size": tuple(size), "xs": [x.detach().cpu() for x in xs], "keep": bool(keep)}
         msg.update(self._state_fields(state))
         reply = self.request(msg)
-        return [_tensor(y, "output").to(xs[0].device) for y in reply["ys"]]
+        return [self._check_output(y, x, size) for x, y in zip(xs, reply["ys"])]
 
-    def time(self, size, state, x, grad_y=None, warmup: int = 10, iters: int = 30, flush_bytes: int = 0,
-             warmup_s: float = 0.1) -> Dict[str, Any]:
-        msg = {"op": "time", "size": tuple(size), "x": x.detach().cpu(), "warmup": warmup, "iters": iters,
-               "grad_y": grad_y.detach().cpu() if grad_y is not None else None, "flush_bytes": flush_bytes,
-               "warmup_s": warmup_s}
+    def contract(self) -> Dict[str, Any]:
+        """The worker's own account of the outputs it saw (a second opinion): calls, findings by kind."""
+        return self.request({"op": "contract"})
+
+    def time_batches(self, size, state, xs: List[torch.Tensor], grad_y=None, rng: Optional[random.Random] = None,
+                     batches: int = 5, target_ms: float = 50.0, check: int = 3) -> Dict[str, Any]:
+        """The harness's clock: batches of calls on `xs` (rotated), timed here around each request (clock.py
+        subtracts the round trip); after each batch, the outputs of `check` calls the harness picks only
+        then (from `rng`, which the candidate cannot see) come back for judging. Returns the harness's
+        per-call Timing, the worker's own per-call claims (host, and CUDA events), and the checked outputs
+        as (call index, output)."""
+        msg = {"op": "batch_setup", "size": tuple(size), "xs": [x.detach().cpu() for x in xs],
+               "grad_y": grad_y.detach().cpu() if grad_y is not None else None}
         msg.update(self._state_fields(state))
-        return self.request(msg, self.limits.call_s)
+        self.request(msg)
+        rng = rng or random.Random()
+        checked: List[Tuple[int, torch.Tensor]] = []
+        peak: Dict[str, Any] = {}
+
+        def after(reply):
+            n = int(reply["n"])
+            picks = sorted(rng.sample(range(n), min(check, n)))
+            got = self.request({"op": "batch_outputs", "indices": picks})
+            peak["mb"] = got.get("peak_mem_mb")
+            peak["inputs_changed"] = peak.get("inputs_changed") or bool(got.get("inputs_changed"))
+            for i, y in zip(picks, got["ys"]):
+                checked.append((i, self._check_output(y, xs[i % len(xs)], size)))
+
+        res = clock.time_batches(lambda n: self.request({"op": "batch", "n": int(n)}),
+                                 lambda: self.request({"op": "ping"}), batches=batches, target_ms=target_ms,
+                                 flush_device=self.device if self.device.type == "cuda" else None, after=after)
+        host = [float(r["host_ms"]) / res.n for r in res.replies]
+        event = [float(r["event_ms"]) / res.n for r in res.replies if r.get("event_ms") is not None]
+        return {"timing": res.timing, "n": res.n, "round_trip_ms": res.round_trip_ms,
+                "worker_host": clock.summarize(host), "worker_event": clock.summarize(event) if event else None,
+                "checked": checked, "peak_mem_mb": peak.get("mb"), "inputs_changed": bool(peak.get("inputs_changed"))}
 
     def train(self, size, state, xs, targets, steps, lr, momentum):
         msg = {"op": "train", "size": tuple(size), "xs": [x.detach().cpu() for x in xs],
@@ -156,7 +233,10 @@ class RemoteRunner(Runner):
         msg.update(self._state_fields(state))
         reply = self.request(msg)
         losses = [float(v) for v in reply.get("losses") or []]
-        final = {k: _tensor(v, "final parameter") for k, v in (reply.get("state") or {}).items()}
+        final = {k: v for k, v in (reply.get("state") or {}).items()}
+        odd = [k for k, v in final.items() if not isinstance(v, torch.Tensor)]
+        if odd:
+            raise CandidateError(f"the candidate's final parameter {odd[0]} is not a Tensor")
         return losses, final
 
     def grad_mode(self, mode, size, state, x, grad_y):
@@ -164,7 +244,7 @@ class RemoteRunner(Runner):
                "grad_y": grad_y.detach().cpu() if grad_y is not None else None}
         msg.update(self._state_fields(state))
         reply = self.request(msg)
-        y = _tensor(reply.get("y"), "output").to(x.device)
+        y = self._check_output(reply.get("y"), x, size)
         grads = {k: v.to(x.device) for k, v in (reply.get("grads") or {}).items() if isinstance(v, torch.Tensor)}
         after = reply.get("upstream_after")
         facts = {"upstream_after": after.to(x.device) if isinstance(after, torch.Tensor) else None,
@@ -210,10 +290,11 @@ class RemoteRunner(Runner):
         return bool(ok), ""
 
 
-def _tensor(value, what: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise CandidateError(f"the candidate's {what} is {type(value).__name__}, not a Tensor")
-    return value
+def reference_layout() -> List[Tuple[str, List[str]]]:
+    """Model's state_dict entries in creation order, each dimension named 'in' or 'out' (read off a Model
+    of 2 in and 3 out features), for the worker to pair a candidate's differently named parameters with."""
+    names = {2: "in", 3: "out"}
+    return [(k, [names.get(int(d), "?") for d in v.shape]) for k, v in Model(2, 3).state_dict().items()]
 
 
 # --------------------------------------------------------------------------------------------- build

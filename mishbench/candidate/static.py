@@ -1,8 +1,8 @@
 """Static checks of a candidate's source: read the AST and the inline C++/CUDA strings, run nothing.
 
-`static_inputs_unchanged`, `static_imports`, `static_deprecated`, `static_fallback`, plus the facts the
-other checks need: whether the file has a custom kernel at all, and where each string constant (an
-inline source) starts, so compiler errors map back to lines of the candidate file.
+`static_inputs_unchanged`, `static_imports`, `static_deprecated`, `static_fallback` (`static_tampering` is in
+tampering.py), plus the facts the other checks need: whether the file has a custom kernel at all, and where
+each string constant (an inline source) starts, so compiler errors map back to lines of the candidate file.
 """
 import ast
 import importlib.util
@@ -394,7 +394,9 @@ def _is_kernel_call(call: ast.Call, kernels: Set[str], aliases: Dict[str, str]) 
 
 
 def static_checks(parsed: Parsed) -> List[Check]:
-    return [check_inputs_unchanged(parsed), check_imports(parsed), check_deprecated(parsed), check_fallback(parsed)]
+    from mishbench.candidate.tampering import check_tampering
+    return [check_inputs_unchanged(parsed), check_imports(parsed), check_deprecated(parsed), check_fallback(parsed),
+            check_tampering(parsed)]
 
 
 # --------------------------------------------------------------------------------- compiler errors

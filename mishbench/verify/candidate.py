@@ -6,6 +6,7 @@ import torch
 
 from mishbench import envinfo
 from mishbench.candidate.anticheat import ANTI_CHEAT_CHECKS, anti_cheat_checks
+from mishbench.candidate.contract import check_output_contract
 from mishbench.candidate.process import CandidateError, Limits
 from mishbench.candidate.runner import RemoteRunner, build_check
 from mishbench.candidate.source import load_candidate
@@ -33,7 +34,7 @@ def verify_candidate(path, device: torch.device, dtype: torch.dtype, precision: 
     parsed = candidate.parsed
     for check in static_checks(parsed):
         report.add(check)
-    names = DYNAMIC_CHECKS + ANTI_CHEAT_CHECKS + ["bad_inputs"]
+    names = DYNAMIC_CHECKS + ANTI_CHEAT_CHECKS + ["output_contract", "bad_inputs"]
     if parsed.tree is None:
         report.add(build_check(candidate, None, "", device))
         for name in names:
@@ -59,9 +60,43 @@ def verify_candidate(path, device: torch.device, dtype: torch.dtype, precision: 
             return report
         verifier = Verifier(runner, device, dtype, seed, sizes=sizes, progress=progress)
         for name in DYNAMIC_CHECKS:
-            report.add(guard(name, getattr(verifier, "check_" + name), progress))
+            check = report.add(guard(name, getattr(verifier, "check_" + name), progress))
+            if name == "state_dict":
+                _names_row(check, runner)
         for check in anti_cheat_checks(verifier.judge, verifier.sizes, runner, progress):
             report.add(check)
+        report.add(guard("output_contract", lambda: check_output_contract(verifier.judge, verifier.sizes, runner),
+                         progress))
         # Last: a bad input may legitimately kill a CUDA kernel's process (device-side assert).
         report.add(guard("bad_inputs", verifier.check_bad_inputs, progress))
+        _runtime_deprecations(report, runner)
     return report
+
+
+def _names_row(check: Check, runner: RemoteRunner) -> None:
+    """Numbers were judged with the candidate's parameters paired to Model's by shape and creation order;
+    the names themselves are this row's business: a drop-in loads Model's state_dict as it is."""
+    renamed = {k: v for k, v in runner.name_map.items() if k != v}
+    if not renamed or check.status in ("fail", "error"):
+        return
+    pairs = ", ".join(f"{v} (Model: {k})" for k, v in renamed.items())
+    check.status = "fail"
+    check.detail = (f"parameter names differ from Model's: {pairs}; Model's state_dict does not load strictly "
+                    "(the numbers were judged with the parameters paired by shape and creation order)")
+
+
+def _runtime_deprecations(report: Report, runner: RemoteRunner) -> None:
+    """A DeprecationWarning/FutureWarning of the running torch raised at import, construction or a call
+    fails `static_deprecated` beside what the source shows: so this row may differ between torch versions."""
+    seen = [w for w in runner.warnings if w.get("deprecation")]
+    row = next((c for c in report.checks if c.name == "static_deprecated"), None)
+    if not seen or row is None:
+        return
+    said = "; ".join(f"at {w.get('stage')}: {w.get('category')}: {str(w.get('message'))[:140]} ({w.get('where')})"
+                     for w in seen[:3])
+    text = f"torch {torch.__version__} warned {said}" + (f" (+{len(seen) - 3} more)" if len(seen) > 3 else "")
+    if row.status == "fail":
+        row.detail += "; " + text
+    else:
+        row.status, row.detail = "fail", "deprecated PyTorch API in use: " + text
+    row.metrics["runtime_warnings"] = [dict(w) for w in seen[:10]]

@@ -89,7 +89,7 @@ class Verifier:
 
     def check_init(self) -> Check:
         size = Size(7, 13, 5) if self.sizes[0].in_features * self.sizes[0].out_features > 2**24 else self.sizes[0]
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.runner.construction_seed(self.seed))
         want = Model(size.in_features, size.out_features).state_dict()
         got = self.runner.init_state(size, self.seed)
         diffs = [k for k in want if k not in got or got[k].shape != want[k].shape or not torch.equal(got[k], want[k])]

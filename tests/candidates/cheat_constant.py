@@ -1,4 +1,4 @@
-# expect: fail=forward,backward,gradcheck,training,autograd,shapes,anti_cheat_output_aliasing,anti_cheat_stale_output
+# expect: fail=forward,backward,gradcheck,training,autograd,shapes,anti_cheat_output_aliasing,anti_cheat_stale_output,output_contract
 """Cheat: computes once and returns the precomputed result for every later call of the same shape."""
 import torch
 import torch.nn as nn
