@@ -70,8 +70,7 @@ def mish_mish_parts(z: torch.Tensor) -> Dict[str, torch.Tensor]:
     """The elementwise quantities the rounding scales are made of, for z of any shape (float64).
 
     y = g(z) = mish(m) with m = mish(z); h = g′ = mish′(m)·mish′(z); h′ = mish″(m)·mish′(z)² + mish′(m)·mish″(z);
-    H = A(m)·|mish′(z)| + |mish′(m)|·A(z) and G = |y| + |mish′(m)|·|m|, as `rounding_scales` says why;
-    'dm' = |mish′(m)|, the factor a rounding of m is carried into y by.
+    H = A(m)·|mish′(z)| + |mish′(m)|·A(z) and G = |y| + |mish′(m)|·|m|, as `rounding_scales` says why.
     """
     z = z.to(_F64)
     inner = _mish_parts(z)
@@ -80,7 +79,7 @@ def mish_mish_parts(z: torch.Tensor) -> Dict[str, torch.Tensor]:
     y = outer["mish"]
     dm = outer["grad"].abs()
     return {
-        "m": m, "y": y, "dm": dm,
+        "m": m, "y": y,
         "h": outer["grad"] * inner["grad"],
         "h_prime": outer["grad2"] * inner["grad"] ** 2 + outer["grad"] * inner["grad2"],
         "H": outer["abs_grad"] * inner["grad"].abs() + dm * inner["abs_grad"],
@@ -112,7 +111,7 @@ def rounding_scales(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     and squares elementwise, r = store_ratio(storage_dtype) = ε_st/ε_acc for half types, else 0):
 
       S_z  = √((x∘x)·(W∘W)ᵀ + b∘b)              each product and the bias rounds once: root-sum-square
-      S_y  = |g′(z)|∘(S_z + r|z|) + G(z)        g = Mish∘Mish: z's error carried through, plus g's own
+      S_y  = |g′(z)|∘S_z + G(z)                  g = Mish∘Mish: z's error carried through, plus g's own
       S_dz = |dy|∘(H(z) + |h′(z)|∘(S_z + r|z|))  h = Mish′(Mish(z))·Mish′(z), dz = dy∘h(z)
       S_dx = √((dz∘dz + S_dz∘S_dz)·(W∘W))        dz's value and its own error both feed the product
       S_dW = √((dz∘dz + S_dz∘S_dz)ᵀ·(x∘x))
@@ -138,11 +137,12 @@ def rounding_scales(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
     Stored intermediates (half classes): the forward stores z in the storage dtype, and the backward starts
     from that z (the project's composite path saves it; eager's F.mish autograd saves its fp16/bf16 input
-    likewise), so z carries ε_st·|z| on top of its accumulation error into y and dz: the r|z| terms (fp16,
-    100 seeds, the composite path: without r|z| in S_dz err/bar reached 1.42 at 1x1x1, bf16 1.46; with it
-    0.51 and 0.74). Eager also stores m = Mish(z) before the second Mish; r·|Mish′(m)|·|m| in S_y changed
-    no measured ratio (no formulation but eager stores m, and eager's own error is in the bar), so it is
-    left out. In fp32 and float64 the store is the accumulator's own last rounding (r = 0), held in S_z.
+    likewise), so z carries ε_st·|z| on top of its accumulation error into dz: the r|z| term (fp16, 100 seeds,
+    the composite path: without it err/bar reached 1.42 at 1x1x1, bf16 1.46; with it 0.51 and 0.74). Not
+    in S_y: y needs neither it (fp16 worst 0.73 without) nor eager's stored m = Mish(z) (r·|Mish′(m)|·|m|
+    changed no ratio), and r|z| there would double the half floor of y at the KernelBench shape (2.3·ε_st,
+    above today's bar 2·e_eager ≈ ε_st). In fp32 and float64 the store is the accumulator's own last
+    rounding (r = 0), held in S_z.
     h′(z) is analytic (mish_mish_parts); nothing overflows or turns NaN for finite z (|z| ≤ 1e300 tried).
     """
     x, weight = x.to(_F64), weight.to(_F64)
@@ -155,8 +155,8 @@ def rounding_scales(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     s_z = sq.sqrt()
     parts = mish_mish_parts(z)
     r = store_ratio(storage_dtype)
-    s_zin = s_z + r * z.abs() if r else s_z  # z's error as the elementwise part sees it
-    out = {"z": s_z, "y": parts["h"].abs() * s_zin + parts["G"]}
+    s_zin = s_z + r * z.abs() if r else s_z  # z's error as the backward sees it: S_z, plus the store
+    out = {"z": s_z, "y": parts["h"].abs() * s_z + parts["G"]}
     if grad_y is None:
         return out
     dy = grad_y.to(_F64)
