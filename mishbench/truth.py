@@ -252,7 +252,8 @@ def floors(state: State, x: torch.Tensor, grad_y: Optional[torch.Tensor], dtype:
     floor from the rounding scales of the reference's own intermediates (rounding.py).
 
     x: (..., K) as the subject got it; grad_y: (..., N) or None; truth: the float64 reference's y and, with
-    grad_y, its gradients. Rows of any leading shape are flattened first.
+    grad_y, its gradients. Rows of any leading shape are flattened first. `dtype` is the class's storage
+    dtype: for fp16/bf16 the scales count z and Mish(z) stored in it between the steps.
     """
     # On x's device: at 1024x8192x8192 the three float64 GEMMs of squares take ms on a GPU, ~1 min on 2 cores.
     n = truth["y"].shape[-1]
@@ -260,7 +261,7 @@ def floors(state: State, x: torch.Tensor, grad_y: Optional[torch.Tensor], dtype:
     w, b = w.to(x.device), b.to(x.device)
     x2 = x.detach().to(torch.float64).reshape(-1, w.shape[1])
     gy = None if grad_y is None else grad_y.detach().to(x.device, torch.float64).reshape(-1, w.shape[0])
-    scales = rounding.rounding_scales(x2, w, b, gy)
+    scales = rounding.rounding_scales(x2, w, b, gy, storage_dtype=dtype)
     which = {"y": "y", "x": "dx", "linear.weight": "dW", "linear.bias": "db"}
     out = {}
     for key, ref in truth.items():

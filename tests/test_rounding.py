@@ -150,3 +150,40 @@ def test_second_order_fp64_at_1x1x1_has_nothing_to_split():
     ref, got = _reference(x, w, b, gy), rounding.second_order_fp64(x, w, b, gy)
     for k in ("y", "dx", "dW", "db"):
         assert torch.allclose(got[k], ref[k], rtol=1e-15, atol=0), k
+
+
+def test_abs_grad_is_mish_grad_as_three_terms():
+    """A(u) = |t| + |u|·σ(u)·(1 + t²) up to the softplus threshold, 1 above; never below |Mish′(u)|."""
+    u = torch.tensor([-30.0, rounding.MISH_GRAD_ZERO, 0.0, 3.0, 10.0, 19.5, 20.0, 20.5, 100.0], dtype=F64)
+    p = rounding._mish_parts(u)
+    t, s = torch.tanh(F.softplus(u)), torch.sigmoid(u)
+    want = torch.where(u > 20, torch.ones_like(u), t.abs() + u.abs() * s * (1 + t * t))
+    assert torch.allclose(p["abs_grad"], want, rtol=1e-14, atol=0)
+    assert bool((p["abs_grad"] >= p["grad"].abs() * (1 - 1e-15)).all())
+    assert float(p["abs_grad"][5]) == pytest.approx(1 + 2 * 19.5, rel=1e-6)  # t ≈ σ ≈ 1: ≈ 1 + 2u
+
+
+def test_h_scale_is_first_order_in_the_two_factors():
+    z = torch.tensor([-5.0, rounding.MISH_GRAD_ZERO, 0.5, 4.0, 15.0], dtype=F64)
+    parts = rounding.mish_mish_parts(z)
+    inner, outer = rounding._mish_parts(z), rounding._mish_parts(parts["m"])
+    want = outer["abs_grad"] * inner["grad"].abs() + outer["grad"].abs() * inner["abs_grad"]
+    assert torch.allclose(parts["H"], want, rtol=1e-15, atol=0)
+    assert float(parts["H"][1]) > 0.2  # positive at the zero of Mish′
+    assert float(parts["H"][4]) < 2 * 31 + 1  # ≈ 2·A(15), not A(15)² ≈ 961
+
+
+def test_stored_z_counts_in_dz_only_for_half_storage():
+    x, w, b, gy = _inputs(seed=5)
+    plain = rounding.rounding_scales(x, w, b, gy)
+    for dt in (torch.float32, torch.float64):
+        assert rounding.store_ratio(dt) == 0.0
+        same = rounding.rounding_scales(x, w, b, gy, storage_dtype=dt)
+        assert all(torch.equal(same[k], plain[k]) for k in plain)
+    r = rounding.store_ratio(torch.float16)
+    assert r == torch.finfo(torch.float16).eps / EPS32 == 8192.0
+    half = rounding.rounding_scales(x, w, b, gy, storage_dtype=torch.float16)
+    z = x @ w.mT + b.unsqueeze(1)
+    parts = rounding.mish_mish_parts(z)
+    assert torch.allclose(half["dz"] - plain["dz"], gy.abs() * parts["h_prime"].abs() * r * z.abs(), rtol=1e-10)
+    assert torch.equal(half["y"], plain["y"]) and torch.equal(half["z"], plain["z"])
