@@ -12,6 +12,7 @@ import sysconfig
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
+from mishbench.candidate.tampering import check_tampering, dotted
 from mishbench.schema import Check
 
 REFERENCE_FILE = Path(__file__).resolve().parents[1] / "op" / "reference.py"
@@ -83,18 +84,6 @@ def _const_str(node) -> Optional[str]:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
     return None
-
-
-def dotted(node) -> str:
-    """'torch.cuda.amp.custom_fwd' for an Attribute chain, '' for anything else."""
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return ""
 
 
 def _aliases(tree: ast.Module) -> Dict[str, str]:
@@ -394,7 +383,6 @@ def _is_kernel_call(call: ast.Call, kernels: Set[str], aliases: Dict[str, str]) 
 
 
 def static_checks(parsed: Parsed) -> List[Check]:
-    from mishbench.candidate.tampering import check_tampering
     return [check_inputs_unchanged(parsed), check_imports(parsed), check_deprecated(parsed), check_fallback(parsed),
             check_tampering(parsed)]
 

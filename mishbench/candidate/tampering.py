@@ -37,7 +37,8 @@ THREADS = ("threading", "_thread", "concurrent.futures", "multiprocessing", "tor
 MODULE_LOADERS = ("importlib.import_module", "__import__")
 
 
-def _dotted(node) -> str:
+def dotted(node) -> str:
+    """'torch.cuda.amp.custom_fwd' for an Attribute chain, '' for anything else."""
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
@@ -81,19 +82,19 @@ class _Names:
     def value(self, node) -> str:
         """What an expression names: a dotted name, a module loaded by name, or getattr(obj, 'const')."""
         if isinstance(node, (ast.Attribute, ast.Name)):
-            d = _dotted(node)
+            d = dotted(node)
             if d:
                 return self.resolve(d)
             base = self.value(node.value) if isinstance(node, ast.Attribute) else ""
             return f"{base}.{node.attr}" if base else ""  # sys.modules["time"].time
         if isinstance(node, ast.Call):
-            fn = self.resolve(_dotted(node.func))
+            fn = self.resolve(dotted(node.func))
             if fn in MODULE_LOADERS and node.args and _const(node.args[0]):
                 return str(_const(node.args[0]))
             if fn == "getattr" and len(node.args) >= 2 and _const(node.args[1]):
                 base = self.value(node.args[0])
                 return f"{base}.{_const(node.args[1])}" if base else ""
-        if isinstance(node, ast.Subscript) and self.resolve(_dotted(node.value)) == "sys.modules":
+        if isinstance(node, ast.Subscript) and self.resolve(dotted(node.value)) == "sys.modules":
             index = getattr(ast, "Index", None)  # Python 3.8 wraps a subscript in ast.Index
             key = node.slice.value if index is not None and isinstance(node.slice, index) else node.slice
             return _const(key) or ""
@@ -138,13 +139,13 @@ def findings(tree: ast.Module) -> Tuple[List[str], List[str]]:
                     if _timing_target(full):
                         add(fails, node, f"assigns to {full} (a clock or timing API)")
                 elif isinstance(sub, ast.Subscript):
-                    base = _dotted(sub.value)
+                    base = dotted(sub.value)
                     if base.endswith("__dict__") or names.resolve(base) in ("vars", "sys.modules"):
                         obj = names.resolve(base[: -len(".__dict__")]) if base.endswith(".__dict__") else ""
                         if _under(obj, TIMING_ROOTS) or _under(obj, ("sys", "inspect", "gc")):
                             add(fails, node, f"writes into {obj}.__dict__")
         if isinstance(node, ast.Call):
-            fn = names.resolve(_dotted(node.func))
+            fn = names.resolve(dotted(node.func))
             if fn in ("setattr", "delattr") and node.args:
                 obj = names.value(node.args[0])
                 attr = _const(node.args[1]) if len(node.args) > 1 else None
