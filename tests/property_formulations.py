@@ -109,12 +109,24 @@ def _composite_tail(z, x, w, gy, dt, operand=None) -> Out:
     dzs, ww, xx = dz.to(dt), w, x
     if operand is not None:
         dzs, ww, xx = operand(dzs), operand(w), operand(x)
-    return {"y": mish_rational(m).to(dt), "dx": dzs @ ww, "dW": dzs.mT @ xx, "db": dz.sum(1).to(dt)}
+    return {"y": mish_rational(m).to(dt), "dx": _acc(dzs, ww, dt), "dW": _acc(dzs.mT, xx, dt),
+            "db": dz.sum(1).to(dt)}
+
+
+def _acc(a, b, dt):
+    """a @ b of dt operands accumulated in the compute dtype, stored once in dt: what the composite path's
+    GEMMs are (fp32 accumulation for half types). Spelled out because torch 2.0.1's CPU bf16 bmm/baddbmm
+    at these tiny shapes do not round that way: its composite_local copy failed bf16 3x5x4 and 4x6x3 at
+    7.7-11.5x the bar while ops.composite_* (F.linear / mm) passed."""
+    cdt = compute_dtype(dt)
+    return torch.matmul(a.to(cdt), b.to(cdt)).to(dt)
 
 
 def composite_local(x, w, b, gy, dt) -> Out:
     """ops.composite_forward/backward's math, batched: the GEMM in dt (z stored in dt), epilogue in fp32."""
-    return _composite_tail(torch.baddbmm(b.unsqueeze(1), x, w.mT), x, w, gy, dt)
+    cdt = compute_dtype(dt)
+    z = torch.baddbmm(b.to(cdt).unsqueeze(1), x.to(cdt), w.to(cdt).mT).to(dt)  # accumulated in cdt, stored in dt
+    return _composite_tail(z, x, w, gy, dt)
 
 
 def autograd_of(mish_fn: Callable) -> Callable:
