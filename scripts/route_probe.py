@@ -13,7 +13,6 @@ import os
 os.environ.setdefault("MISHBENCH_ROUTES", "next")  # before the extension's first call reads it
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 
@@ -21,6 +20,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mishbench.op import build, ops  # noqa: E402
+from mishbench.op.precision import eager_matmul_mode  # noqa: E402
 
 BATCHES = (1, 8, 32, 128)
 SIZES = (1024, 4096, 8192)
@@ -30,25 +30,6 @@ MODES = {"3xtf32": (torch.float32, "3xtf32", False), "ieee": (torch.float32, "ie
          "tf32": (torch.float32, "tf32", True), "bf16": (torch.bfloat16, "native", False),
          "fp16": (torch.float16, "native", False)}
 NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-@contextlib.contextmanager
-def eager_tf32(enabled: bool):
-    m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):
-        old = m.fp32_precision
-        m.fp32_precision = "tf32" if enabled else "ieee"
-        try:
-            yield
-        finally:
-            m.fp32_precision = old
-    else:
-        old = m.allow_tf32
-        m.allow_tf32 = enabled
-        try:
-            yield
-        finally:
-            m.allow_tf32 = old
 
 
 def time_ms(fn, iters: int, flush: torch.Tensor) -> float:
@@ -105,7 +86,7 @@ def main() -> int:
                         ops.linear_mish_mish(xs, ws, bs, prec).backward(gy)
 
                     def run_eager():
-                        with eager_tf32(tf32):
+                        with eager_matmul_mode(tf32):
                             F.mish(F.mish(F.linear(xs, ws, bs))).backward(gy)
                 else:
                     def run_ours():
@@ -113,7 +94,7 @@ def main() -> int:
                             ops.linear_mish_mish(x, w, bias, prec)
 
                     def run_eager():
-                        with torch.no_grad(), eager_tf32(tf32):
+                        with torch.no_grad(), eager_matmul_mode(tf32):
                             F.mish(F.mish(F.linear(x, w, bias)))
                 try:
                     ours_ms = time_ms(run_ours, args.iters, flush)

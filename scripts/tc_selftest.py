@@ -8,7 +8,6 @@ B×K×N (batch × in_features × out_features); those under 2^21 MACs or with K 
 (half) run on the SIMT path by design, which is still checked. Exit 1 if any check fails.
 """
 import argparse
-import contextlib
 import statistics
 import sys
 from pathlib import Path
@@ -16,31 +15,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python scripts/...
+from mishbench.op.precision import eager_matmul_mode  # noqa: E402
+
 SHAPES = [(1, 1, 1), (7, 13, 5), (129, 10, 20), (1000, 123, 77), (257, 1024, 383), (300, 1000, 200),
           (520, 4104, 130), (1024, 8192, 8192)]
 # (label, dtype, precision passed to the op, accuracy class: whether eager runs with TF32 on)
 MODES = [("3xtf32", torch.float32, "3xtf32", False), ("tf32", torch.float32, "tf32", True),
          ("bf16", torch.bfloat16, "native", False), ("fp16", torch.float16, "native", False)]
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    """Eager matmul precision for the baseline: the new API where it exists (mixing the two raises)."""
-    m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):
-        old = m.fp32_precision
-        m.fp32_precision = "tf32" if enabled else "ieee"
-        try:
-            yield
-        finally:
-            m.fp32_precision = old
-    else:
-        old = m.allow_tf32
-        m.allow_tf32 = enabled
-        try:
-            yield
-        finally:
-            m.allow_tf32 = old
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -74,7 +56,7 @@ def check(op) -> bool:
             xr, wr, br = x.double(), w.double(), b.double()
             zr = F.linear(xr, wr, br)
             yr = eager(xr, wr, br)
-            with tf32(tf):
+            with eager_matmul_mode(tf):
                 e_eager = rel_err(eager(x, w, b), yr)
             eps = torch.finfo(dt).eps
             bar = max(2 * e_eager, (8 if dt == torch.float32 else 1) * eps)
@@ -123,14 +105,14 @@ def bench(op, iters: int) -> None:
     x64, w64, b64 = make_inputs(bsz, k, n)
     x32, w32, b32 = x64.float(), w64.float(), b64.float()
     del x64, w64, b64
-    with tf32(False):
+    with eager_matmul_mode(False):
         t_fp32 = time_ms(lambda: eager(x32, w32, b32), iters, flush)
     print(f"\nKernelBench {bsz}x{k}x{n} forward, median of {iters} (L2 flushed); eager fp32 (ieee) = {t_fp32:.3f} ms")
     print(f"{'mode':>7} {'ours ms':>9} {'TFLOP/s':>8} {'eager ms':>9} {'vs eager':>9} {'vs fp32':>8}")
     for label, dt, prec, tf in MODES:
         x, w, b = x32.to(dt), w32.to(dt), b32.to(dt)
         t_ours = time_ms(lambda: op(x, w, b, prec, False), iters, flush)
-        with tf32(tf):
+        with eager_matmul_mode(tf):
             t_eager = time_ms(lambda: eager(x, w, b), iters, flush)
         print(f"{label:>7} {t_ours:9.3f} {flops / t_ours / 1e9:8.1f} {t_eager:9.3f} {t_eager / t_ours:8.2f}x "
               f"{t_fp32 / t_ours:7.2f}x")
@@ -144,7 +126,6 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("tc_selftest: needs a CUDA GPU", file=sys.stderr)
         return 1
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python scripts/...
     from mishbench.op import build
     if build.load() is None:
         print(f"tc_selftest: extension not loaded: {build.status().get('reason')}", file=sys.stderr)

@@ -9,7 +9,6 @@ Each case draws fresh inputs, poisons the caching allocator with NaN so an unwri
 y, z, dx, dW and db to max(2 · e(eager), floor) against a float64 run (floor 8·ε for fp32 and fp64, 1·ε
 for fp16 / bf16; for fp64, e(eager) is the float64 reference recomputed with each sum in two halves).
 """
-import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mishbench.op import ops
+from mishbench.op.precision import eager_matmul_mode
 
 pytestmark = pytest.mark.cuda
 
@@ -87,26 +87,6 @@ def expected_next(b, k, n, dtype, precision):
     return fwd, bwd
 
 
-@contextlib.contextmanager
-def eager_tf32(enabled: bool):
-    """Eager matmul precision: the new API where it exists (mixing it with the legacy one raises)."""
-    m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):
-        old = m.fp32_precision
-        m.fp32_precision = "tf32" if enabled else "ieee"
-        try:
-            yield
-        finally:
-            m.fp32_precision = old
-    else:
-        old = m.allow_tf32
-        m.allow_tf32 = enabled
-        try:
-            yield
-        finally:
-            m.allow_tf32 = old
-
-
 def draw(b, k, n, kind, gen):
     """float64 x (b, k), nn.Linear-initialised W (n, k) and bias, upstream gradient (b, n), on the GPU."""
     x = torch.rand(b, k, generator=gen, dtype=torch.float64) if kind == "rand" \
@@ -137,7 +117,7 @@ def reference(x, w, bias, gy, split=False):
 def eager(x, w, bias, gy, tf32):
     """[z, y, dx, dW, db] of eager PyTorch in the inputs' dtype (the accuracy class's baseline)."""
     xx, ww, bb = (t.detach().clone().requires_grad_() for t in (x, w, bias))
-    with eager_tf32(tf32):
+    with eager_matmul_mode(tf32):
         z = F.linear(xx, ww, bb)
         y = F.mish(F.mish(z))
         y.backward(gy)
