@@ -129,6 +129,18 @@ void run_splitk(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, 
                         x2.scalar_type(), stream);
 }
 
+// The dispatch table's view of a call (dispatch.h): x's rows, the sizes, dtype, mode and device.
+Problem problem_of(const at::Tensor& x, int64_t K, int64_t N, Precision prec) {
+  Problem p;
+  p.M = batch_rows(x);
+  p.K = K;
+  p.N = N;
+  p.dtype = x.scalar_type();
+  p.prec = prec;
+  p.device = x.get_device();
+  return p;
+}
+
 // The forward of both ops. z is written only when it is defined (save_z); the plain op passes an undefined
 // z and so skips the allocation of linear_mish_mish_fwd's empty placeholder (launch-bound shapes pay every
 // allocation in host time). The route is dispatch.cpp's forward_route.
@@ -144,13 +156,7 @@ at::Tensor forward_into(const at::Tensor& x, const at::Tensor& weight, const at:
   const bool save_z = z_out != nullptr;
   at::Tensor z = save_z ? at::empty(out_shape, x.options()) : at::Tensor();
   if (save_z) *z_out = z;
-  Problem prob;
-  prob.M = batch_rows(x);
-  prob.K = K;
-  prob.N = N;
-  prob.dtype = x.scalar_type();
-  prob.prec = prec;
-  prob.device = x.get_device();
+  const Problem prob = problem_of(x, K, N, prec);
   const int64_t M = prob.M;
   const FwdRoute route = forward_route(prob);
   if (route == FwdRoute::kEmpty) return y;
@@ -226,13 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_mish_mish_bwd_cuda(const a
   at::Tensor dx = output_mask[0] ? at::empty(x.sizes(), opts) : at::empty({0}, opts);
   at::Tensor dw = output_mask[1] ? at::empty({N, K}, opts) : at::empty({0}, opts);
   at::Tensor db = output_mask[2] ? at::empty({N}, opts) : at::empty({0}, opts);
-  Problem prob;
-  prob.M = batch_rows(x);
-  prob.K = K;
-  prob.N = N;
-  prob.dtype = x.scalar_type();
-  prob.prec = prec;
-  prob.device = x.get_device();
+  const Problem prob = problem_of(x, K, N, prec);
   const int64_t M = prob.M;
   const BwdRoute route = backward_route(prob);  // dispatch.cpp
   if (route == BwdRoute::kEmpty) {
