@@ -416,5 +416,5 @@ def _rows(run, size: Size, result: dict, per_rank: Dict[tuple, str]):
         rows.append(row)
     fill_speedups(rows)
     for row in rows:
-        run.peak_fn = run.fill_rates(row, size, MODE, run.peak_fn)
+        run.fill_rates(row, size, MODE)
     return rows

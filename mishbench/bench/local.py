@@ -35,12 +35,10 @@ Timer = Callable[..., Timing]
 class LocalRun:
     """The cases of one plan, measured in this process."""
 
-    def __init__(self, plan: Plan, timer: Timer, peak_fn: Optional[Callable[[str], float]],
-                 free_memory: Optional[Callable[[], int]]):
+    def __init__(self, plan: Plan, timer: Timer, free_memory: Optional[Callable[[], int]]):
         self.plan, self.device, self.timer = plan, plan.device, timer
-        self.peak_fn, self.free_memory = peak_fn, free_memory
+        self.free_memory = free_memory
         self.candidate = None  # candidate.measure.CandidateBench for --candidate: ONE worker for the run
-        self.floors: Dict[str, tuple] = {}  # the current case's (floor, kappa) per checked tensor
 
     # -- building ---------------------------------------------------------------------------------------
     def _inputs(self, size: Size, mode: str) -> List[Inputs]:
@@ -84,7 +82,7 @@ class LocalRun:
             out += self._candidate_rows(size, mode, progress)
         fill_speedups(out)
         for row in out:
-            self.peak_fn = self.plan.fill_rates(row, size, mode, self.peak_fn)
+            self.plan.fill_rates(row, size, mode)
         return out
 
     def _fail_open(self, rows: Dict[Spec, Row], size: Size, mode: str, status: str, message: str) -> None:
@@ -104,7 +102,7 @@ class LocalRun:
         first = inputs[0]
         y64, g64 = reference_run(size, state, first.x, first.grad_y, torch.float64)
         truth = dict(g64 or {}, y=y64)
-        self.floors = floors(state, first.x, first.grad_y, self.plan.dtype, truth)
+        fl = floors(state, first.x, first.grad_y, self.plan.dtype, truth)
         eagers: Dict[str, Dict[str, torch.Tensor]] = {}
         for accuracy, tf32 in sorted({(s.accuracy, s.tf32) for s in self.plan.specs}):
             ye, ge = eager_run(size, state, first.x, first.grad_y, self.plan.dtype, tf32=tf32)
@@ -114,7 +112,7 @@ class LocalRun:
         for spec in self.plan.specs:
             progress(f"{spec.impl}: build and check")
             try:
-                prov, watch = self._prepare(spec, size, mode, inputs, truth, eagers[spec.accuracy])
+                prov, watch = self._prepare(spec, size, mode, inputs, truth, eagers[spec.accuracy], fl)
             except ProviderFailed as exc:
                 rows[spec]["status"] = exc.status
                 self.plan.note(size, mode, spec, exc.message)
@@ -134,7 +132,7 @@ class LocalRun:
             watch.freeze()
         self._time_interleaved(live, inputs, rows, watches, progress)
 
-    def _prepare(self, spec: Spec, size: Size, mode: str, inputs: List[Inputs], truth, eager):
+    def _prepare(self, spec: Spec, size: Size, mode: str, inputs: List[Inputs], truth, eager, fl):
         """Build the provider, compile it (timed apart), run the correctness gate, measure its memory."""
         watch = None
         try:
@@ -161,7 +159,7 @@ class LocalRun:
                 own += inputs[0].x.numel() * inputs[0].x.element_size()
                 prov.peak_mem_mb = (torch.cuda.max_memory_allocated(self.device) - before + own) / 2**20
             got = dict(grads, y=y)
-            prov.rel_err, prov.bar_ratio = gate(got, truth, eager, self.plan.dtype, self.floors)
+            prov.rel_err, prov.bar_ratio = gate(got, truth, eager, self.plan.dtype, fl)
             del y, grads, got
             prov.setup(inputs[0])
             return prov, watch
@@ -269,8 +267,8 @@ def run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer,
     after every finished case's rows are on disk (`plan.written` says which)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    plan = plan or Plan(opts, console, device)
-    run = LocalRun(plan, timer, peak_fn, free_memory)
+    plan = plan or Plan(opts, console, device, peak_fn=peak_fn)
+    run = LocalRun(plan, timer, free_memory)
     if opts.candidate is not None:
         try:
             from mishbench.candidate.measure import CandidateBench
@@ -325,7 +323,7 @@ def run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer,
 
 def run_guarded(opts: BenchOptions, console, device: torch.device, **kwargs) -> int:
     """`run_rows` with Ctrl-C turned into a count of the kept rows and exit code 130 (no traceback)."""
-    plan = Plan(opts, console, device)
+    plan = Plan(opts, console, device, peak_fn=kwargs.get("peak_fn"))
     try:
         return run_rows(opts, console, device, plan=plan, **kwargs)
     except KeyboardInterrupt:

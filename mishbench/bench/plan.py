@@ -58,8 +58,11 @@ class Plan:
     """One bench run: provenance, the providers (specs) of every case, the rows written so far and the
     one-line notes that explain a row's status."""
 
-    def __init__(self, opts: BenchOptions, console, device: torch.device, world_size: int = 1):
+    def __init__(self, opts: BenchOptions, console, device: torch.device, world_size: int = 1,
+                 peak_fn: Optional[Callable[[str], float]] = None):
         self.opts, self.console, self.device = opts, console, device
+        # Measured GEMM peak of a kind ('fp32', 'tf32', ...) for pct_of_peak; None: pct stays empty.
+        self.peak_fn = peak_fn
         self.written: List[Row] = []
         self.messages: Dict[Tuple[str, str, str, str], str] = {}  # (shape, mode, impl, precision) -> why
         self.run_id = uuid.uuid4().hex
@@ -133,24 +136,23 @@ class Plan:
         return (str(size), str(row["mode"]), str(row["impl"]), str(row["precision"]))
 
     # -- after timing -----------------------------------------------------------------------------------
-    def fill_rates(self, row: Row, size: Size, mode: str, peak_fn: Optional[Callable[[str], float]]
-                   ) -> Optional[Callable[[str], float]]:
-        """tflops and pct_of_peak of an ok row. Returns the peak function to use for the next rows: None
-        once a peak could not be measured (pct then stays empty; that fails nothing)."""
+    def fill_rates(self, row: Row, size: Size, mode: str) -> None:
+        """tflops and pct_of_peak of an ok row. A peak that cannot be measured leaves pct empty for this
+        and every later row (that fails nothing)."""
         if row["status"] != "ok" or row["median_ms"] in ("", None):
-            return peak_fn
+            return
         tflops = flops(size, mode) / (float(row["median_ms"]) * 1e-3) / 1e12
         row["tflops"] = tflops
-        if peak_fn is None:
-            return None
+        if self.peak_fn is None:
+            return
         kind, div = peak_kind(str(row["precision"]), self.dtype)
         try:
-            peak = peak_fn(kind) / div
+            peak = self.peak_fn(kind) / div
         except Exception as exc:  # noqa: BLE001 - a missing peak leaves pct empty, it fails nothing
             self.console.print(f"[yellow]peak {kind} not measured[/]: {one_line(exc)}", highlight=False)
-            return None
+            self.peak_fn = None
+            return
         row["pct_of_peak"] = 100.0 * tflops / peak if peak > 0 else ""
-        return peak_fn
 
 
 def fill_speedups(rows: List[Row]) -> None:
