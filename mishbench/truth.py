@@ -9,6 +9,7 @@ from the run's seed and runs subject and reference side by side. The subject is 
 `Runner`, so the same judge serves our ModelNew (in this process) and an untrusted candidate (in its own).
 """
 import math
+import time
 import random
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -197,12 +198,22 @@ class Runner:
         raise NotImplementedError
 
 
+def reference_model(size: Size, state: State, device, dtype: torch.dtype) -> Model:
+    """The reference Model holding `state`, in `dtype` on `device`. Built on the meta device and loaded, not
+    initialised: nn.Linear's init of 8192² weights took 0.9 s on the CPU (2 cores) for values the state
+    overwrites -- and the judge builds two per comparison. Converted first, then loaded: loading a float64
+    state into fp32 parameters would round it."""
+    with torch.device("meta"):
+        model = Model(size.in_features, size.out_features)
+    model = model.to_empty(device=device).to(dtype)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 def reference_run(size: Size, state: State, x: torch.Tensor, grad_y: Optional[torch.Tensor],
                   dtype: torch.dtype, tf32: bool = False):
     """The reference Model with `state` in `dtype` on x's device: y and grads (x, weight, bias)."""
-    # Convert first, then load: loading a float64 state into fp32 parameters would round it.
-    model = Model(size.in_features, size.out_features).to(x.device, dtype)
-    model.load_state_dict(state, strict=True)
+    model = reference_model(size, state, x.device, dtype)
     xx = x.detach().to(dtype).clone().requires_grad_(grad_y is not None)
     with eager_matmul_mode(tf32):
         if grad_y is None:
@@ -330,17 +341,38 @@ class Judge:
         """y (and, with grad_y, the gradients) against float64 Model; the bar from eager Model in `dtype`
         (this run's class) or from `eager()` where the caller runs it another way (e.g. under autocast).
         A missing gradient counts as NaN, so it fails."""
+        return self.truth(size, state, x, grad_y, dtype, eager).judge(got_y, got_grads)
+
+    def truth(self, size: Size, state: State, x: torch.Tensor, grad_y: Optional[torch.Tensor] = None,
+              dtype: Optional[torch.dtype] = None,
+              eager: Optional[Callable[[], Tuple[torch.Tensor, Optional[Dict[str, torch.Tensor]]]]] = None
+              ) -> "Truth":
+        """float64 Model, eager and the floors on one input, computed once: `.judge(y, grads)` for every
+        output of that input (a batch of timed calls returns many)."""
         dtype = dtype or self.dtype
         y64, g64 = reference_run(size, state, x, grad_y, torch.float64)
         ye, ge = eager() if eager is not None else eager_run(size, state, x, grad_y, dtype, tf32=self.tf32)
         truth = dict(g64 or {}, y=y64)
-        fl = floors(state, x, grad_y, dtype, truth)
-        out = [("y", Compared("y", got_y, y64, ye, dtype, *fl["y"]))]
-        for name in (GRAD_NAMES if grad_y is not None else ()):
+        return Truth(dtype, truth, dict(ge or {}, y=ye), floors(state, x, grad_y, dtype, truth),
+                     grad_y is not None)
+
+
+class Truth:
+    """The reference side of one comparison: float64 outputs, eager's and the floors, by tensor name."""
+
+    def __init__(self, dtype: torch.dtype, ref64: Dict[str, torch.Tensor], eager: Dict[str, torch.Tensor],
+                 floors_by_name: Dict[str, Tuple[float, float]], with_grads: bool):
+        self.dtype, self.ref64, self.eager, self.floors, self.with_grads = dtype, ref64, eager, floors_by_name, with_grads
+
+    def judge(self, got_y: torch.Tensor, got_grads: Optional[Dict[str, torch.Tensor]] = None
+              ) -> List[Tuple[str, Compared]]:
+        out = [("y", Compared("y", got_y, self.ref64["y"], self.eager["y"], self.dtype, *self.floors["y"]))]
+        for name in (GRAD_NAMES if self.with_grads else ()):
             got = (got_grads or {}).get(name)
-            got = torch.full_like(g64[name], float("nan")) if got is None else got
+            got = torch.full_like(self.ref64[name], float("nan")) if got is None else got
             label = GRAD_LABELS[name]
-            out.append((label, Compared(label, got, g64[name], ge[name], dtype, *fl[name])))
+            out.append((label, Compared(label, got, self.ref64[name], self.eager[name], self.dtype,
+                                        *self.floors[name])))
         return out
 
 
@@ -360,15 +392,19 @@ def verdict(name: str, results: List[Tuple[str, "Compared"]]) -> Check:
 
 
 def guard(name: str, fn: Callable[[], Check], progress: Optional[Callable[[str], None]] = None) -> Check:
-    """Run one check: a crash is an `error` row, an OOM a `skip` row, never a traceback."""
+    """Run one check: a crash is an `error` row, an OOM a `skip` row, never a traceback. The row's metrics get
+    `seconds`, its wall time (the JSON says where a slow verify spends it)."""
     if progress is not None:
         progress(name)
+    t0 = time.perf_counter()
     try:
-        return fn()
+        check = fn()
     except torch.cuda.OutOfMemoryError as exc:  # a size too large for this card
-        return Check(name, "skip", f"out of memory: {str(exc).splitlines()[0]}")
+        check = Check(name, "skip", f"out of memory: {str(exc).splitlines()[0]}")
     except Exception as exc:  # noqa: BLE001 - a crashing subject is a finding, not a traceback
-        return Check(name, "error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        check = Check(name, "error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+    check.metrics.setdefault("seconds", round(time.perf_counter() - t0, 3))
+    return check
 
 
 def new_seed() -> int:

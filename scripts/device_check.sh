@@ -2,7 +2,9 @@
 # One call on the GPU machine: build, GPU tests, verify in every mode, bench; short table last.
 # Usage (device tool): bash scripts/device_check.sh [build] [selftest] [profile] [overhead] [tests] [routes] [candidate] [verify] [bench] [small] [full]
 # Env: TEST_K (a pytest -k expression), VERIFY_MODES / BENCH_MODES (e.g. "--precision_3xtf32 --dtype_bf16": '_' stands for a space),
-#      TEST_FILES, TESTS_TIMEOUT, MISHBENCH_GIT_SHA (the commit, for the CSVs). Write the sha literally in the
+#      TEST_FILES, TESTS_TIMEOUT, TEST_WORKERS (pytest-xdist processes; timing-sensitive files are best run
+#      with none), CACHE_BACK=1 (the extension cache comes back as $OUT/cache.tgz, to carry into the next call:
+#      unpack it into an ignored folder and set MISHBENCH_CACHE there), MISHBENCH_GIT_SHA (the commit, for the CSVs). Write the sha literally in the
 #      device command: a `$(git rev-parse …)` there answered with a stale commit (the copy's .git is not this tree's).
 # The device tool brings back at most 8 files from $OUT: logs go to $LOGS and come back as one
 # $OUT/logs.tgz; $OUT also gets summary.txt, report.md and the results CSVs.
@@ -11,7 +13,7 @@ FINAL_OUT=${OUT:-/tmp/mishbench-out}
 OUT=/tmp/mishbench-logs
 mkdir -p "$OUT" "$FINAL_OUT"
 stages=${*:-build tests verify bench}
-export PYTHONUNBUFFERED=1 MISHBENCH_CACHE=/tmp/mishbench-cache
+export PYTHONUNBUFFERED=1 MISHBENCH_CACHE=${MISHBENCH_CACHE:-/tmp/mishbench-cache}
 # NVLink multicast stays off wherever NCCL runs (device README); the product itself sets nothing.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 py=python3
@@ -62,9 +64,25 @@ fi
 
 if has candidate; then
   # Candidates on the GPU: a correct CUDA candidate's rows beside eager and mishbench in one table.
-  timeout 300 $py -m mishbench bench --candidate tests/candidates/cuda_fused_ok.py --preset small --mode all \
+  timeout ${BENCH_CAND_TIMEOUT:-300} $py -m mishbench bench --candidate tests/candidates/cuda_fused_ok.py --preset small --mode all \
     --precision 3xtf32 --out "$OUT/results-candidate.csv" > "$OUT/bench-candidate.log" 2>&1
   note "bench --candidate cuda_fused_ok.py rc=$?"; tail -8 "$OUT/bench-candidate.log"
+fi
+
+if has candidates; then
+  # Every candidate file's GPU verdict (tests/test_candidates.py::test_candidate_on_gpu), CAND_JOBS files at a
+  # time, each with its own log and report JSON (per-check seconds) so a run cut short keeps what finished.
+  # CAND_K: a grep -E filter on the file names; CAND_LIST: the names themselves, in the order to run. Timing-based checks (anti_cheat_*) share the GPU when
+  # CAND_JOBS > 1: re-run a file that fails only those with CAND_JOBS=1.
+  mkdir -p "$OUT/reports"
+  export MISHBENCH_REPORT_DIR="$OUT/reports"
+  if [ -n "${CAND_LIST:-}" ]; then tr ' ' '\n' <<< "$CAND_LIST" | grep . > "$OUT/cand-list.txt"
+  else ls tests/candidates | grep -E "${CAND_K:-.}" | grep -v '^__' > "$OUT/cand-list.txt"; fi
+  t0=$(date +%s)
+  timeout ${CAND_TIMEOUT:-480} xargs -P ${CAND_JOBS:-3} -I{} sh -c 's=$(date +%s); timeout 300 '"$py"' -m pytest -q -rfE --tb=short -m cuda \
+      "tests/test_candidates.py::test_candidate_on_gpu[{}]" > "'"$OUT"'/reports/{}.log" 2>&1; \
+      echo "{} rc=$? $(( $(date +%s) - s )) s $(tail -1 "'"$OUT"'/reports/{}.log")"' < "$OUT/cand-list.txt" | tee -a "$summary"
+  note "candidates in $(( $(date +%s) - t0 )) s"
 fi
 
 if has gdb; then
@@ -78,7 +96,7 @@ if has probe; then
 fi
 
 if has tests; then
-  timeout ${TESTS_TIMEOUT:-300} $py -m pytest -q -rfE --tb=short -m "cuda" ${TEST_FILES:-tests} ${TEST_K:+-k "$TEST_K"} \
+  timeout ${TESTS_TIMEOUT:-300} $py -m pytest -q -rfE --tb=short -m "cuda" ${TEST_WORKERS:+-n $TEST_WORKERS} ${TEST_FILES:-tests} ${TEST_K:+-k "$TEST_K"} \
     > "$OUT/pytest-cuda.log" 2>&1; rc=$?
   note "pytest -m cuda rc=$rc: $(tail -1 "$OUT/pytest-cuda.log")"
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)|^E  " "$OUT/pytest-cuda.log" | cut -c1-400 | head -40
@@ -139,4 +157,5 @@ if ls "$OUT"/results-*.csv >/dev/null 2>&1; then
 fi
 cp "$summary" "$OUT"/results-*.csv "$OUT/report.md" "$FINAL_OUT/" 2>/dev/null
 tar czf "$FINAL_OUT/logs.tgz" -C "$OUT" .
+[ -n "${CACHE_BACK:-}" ] && tar czf "$FINAL_OUT/cache.tgz" -C "$(dirname "$MISHBENCH_CACHE")" "$(basename "$MISHBENCH_CACHE")"
 echo "==== summary ===="; cat "$summary"

@@ -385,6 +385,8 @@ def test_candidate_on_gpu(name):
     h = header(path)
     report = verify_candidate(path, torch.device("cuda"), torch.float32, seed=SEED,
                                    sizes=[Size(1024, 8192, 8192)], limits=limits(h))
+    if os.environ.get("MISHBENCH_REPORT_DIR"):  # the GPU script keeps every report (per-check seconds too)
+        (Path(os.environ["MISHBENCH_REPORT_DIR"]) / (name + ".json")).write_text(report.to_json())
     details = "\n".join(f"{c.name}: {c.status}: {c.detail}" for c in report.checks if c.status in ("fail", "error"))
     assert failing(report) == (names(h["expect-cuda"]) if "expect-cuda" in h else expected(h)), details
 

@@ -35,8 +35,9 @@ def check_output_contract(judge: Judge, sizes: Sequence[Size], runner) -> Check:
     ys = runner.run_seq(size, state, xs, keep=True)
     problems: List[str] = []
     for i, (x, y) in enumerate(zip(xs, ys)):
-        cmp = judge.against_truth(size, state, x, None, y, None)[0][1]
-        if not cmp.ok and judge.against_truth(size, state, x, None, at_once[i], None)[0][1].ok:
+        truth = judge.truth(size, state, x)
+        cmp = truth.judge(y)[0][1]
+        if not cmp.ok and truth.judge(at_once[i])[0][1].ok:
             later = [j + 1 for j in range(i + 1, len(ys)) if y.shape == ys[j].shape and torch.equal(y, ys[j])]
             why = f" (it equals call {later[0]}'s: one buffer reused)" if later else ""
             problems.append(f"storage: with all {len(xs)} outputs kept, call {i + 1}'s output read after the last "

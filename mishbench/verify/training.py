@@ -14,11 +14,10 @@ import torch
 
 from mishbench.candidate.protocol import GRAD_MODES, grad_mode_calls, train_calls
 from mishbench.op.precision import eager_matmul_mode
-from mishbench.op.reference import Model
 from mishbench.schema import Check
 from mishbench.shapes import Size
 from mishbench.inputs import linear_params
-from mishbench.truth import GRAD_LABELS, GRAD_NAMES, Compared, floors, verdict
+from mishbench.truth import GRAD_LABELS, GRAD_NAMES, Compared, floors, reference_model, verdict
 
 TRAIN_SIZE = Size(64, 32, 16)
 TRAIN_STEPS = 200
@@ -27,17 +26,10 @@ TRAIN_LR, TRAIN_MOMENTUM = 0.05, 0.9
 AUTOGRAD_SIZE = Size(37, 21, 11)
 
 
-def _reference(size: Size, state, device, dtype: torch.dtype) -> Model:
-    # Convert first, then load: loading a float64 state into fp32 parameters would round it.
-    model = Model(size.in_features, size.out_features).to(device, dtype)
-    model.load_state_dict(state, strict=True)
-    return model
-
-
 def reference_train(size: Size, state, xs, targets, steps: int, lr: float, momentum: float,
                     dtype: torch.dtype, tf32: bool = False) -> Tuple[List[float], Dict[str, torch.Tensor]]:
     """The subject's training (protocol.train_calls) run on the reference Model in `dtype`."""
-    model = _reference(size, state, xs[0].device, dtype)
+    model = reference_model(size, state, xs[0].device, dtype)
     with eager_matmul_mode(tf32):
         losses = train_calls(model, [x.to(dtype) for x in xs], [t.to(dtype) for t in targets], steps, lr, momentum)
     return losses, {k: v.detach() for k, v in model.state_dict().items()}
@@ -46,7 +38,7 @@ def reference_train(size: Size, state, xs, targets, steps: int, lr: float, momen
 def reference_grad_mode(mode: str, size: Size, state, x: torch.Tensor, grad_y: Optional[torch.Tensor],
                         dtype: torch.dtype, tf32: bool = False):
     """The subject's backward calls of one grad mode (protocol.grad_mode_calls) on the reference Model."""
-    model = _reference(size, state, x.device, dtype)
+    model = reference_model(size, state, x.device, dtype)
     with eager_matmul_mode(tf32):
         y, grads, _ = grad_mode_calls(model, mode, x.to(dtype), None if grad_y is None else grad_y.to(dtype))
     return y.detach(), grads

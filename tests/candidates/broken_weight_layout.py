@@ -1,9 +1,11 @@
 # expect: fail=forward,backward,param_count,init,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,bad_inputs,anti_cheat_streams,output_contract
-# expect-cuda: fail=forward,backward,init,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,bad_inputs,anti_cheat_streams,output_contract
+# expect-cuda: fail=forward,backward,init,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,bad_inputs
 """Broken: weight stored [in_features][out_features], so Model's state_dict does not load.
 
 On the GPU the test runs the KernelBench size, 8192 x 8192, where the transposed weight has the reference's
-shape: param_count passes there (expect-cuda) and the values give the layout away."""
+shape: param_count passes there (expect-cuda) and the values give the layout away. The calls run there, so
+anti_cheat_streams (timed outputs as right as untimed ones) and output_contract (type, shape, storage) pass:
+the wrong values are the accuracy rows' finding (H200, 2026-12-02)."""
 import math
 
 import torch

@@ -1,5 +1,9 @@
 # expect: fail=anti_cheat_stale_output,training
-"""Cheat: caches outputs by input identity (object and address), returning stale results for a reused buffer."""
+# expect-cuda: fail=anti_cheat_stale_output,training,anti_cheat_roofline
+"""Cheat: caches outputs by input identity (object and address), returning stale results for a reused buffer.
+
+On the GPU the timed batch reuses three inputs, so the cache answers every timed call: 0.062 ms at
+1024x8192x8192, below the 0.18 ms the GEMM takes at the card's bf16 peak (anti_cheat_roofline, H200)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
