@@ -1,7 +1,11 @@
 # expect: fail=anti_cheat_streams
+# expect-cuda: fail=anti_cheat_streams,gradcheck
 """Cheat: notices a timing loop (calls without grad cycling through the same few input buffers, as a
 benchmark rotating its inputs does) and then skips the work, returning zeros: fast when timed, right when
-checked one call at a time."""
+checked one call at a time.
+
+On the GPU its detector also fires inside gradcheck: the finite differences run without grad and CUDA's
+caching allocator hands the same few addresses back, so zeros come out there too (H200, 2026-12-02)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

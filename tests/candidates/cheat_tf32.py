@@ -1,5 +1,9 @@
 # expect: fail=anti_cheat_backend_flags
-"""Cheat: switches TF32 on for every matmul in the process (10x faster fp32 GEMMs, 100x the error)."""
+# expect-cuda: fail=forward,backward,state_dict,training,autograd,shapes,anti_cheat_stale_output,anti_cheat_backend_flags
+"""Cheat: switches TF32 on for every matmul in the process (10x faster fp32 GEMMs, 100x the error).
+
+On the CPU the flag changes nothing but itself; on the GPU the error shows in every accuracy row: rel_err
+2.9e-4 against a bar of 3.9e-6 at 1024x8192x8192 (H200, 2026-12-02)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
