@@ -84,7 +84,7 @@ def built_extension(tmp_path_factory):
         pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     if torch.cuda.is_available() and not os.environ.get("MISHBENCH_TEST_ARCHS"):
         res = mb.build()
-        return BuiltExtension(res, mb._cache_root(), res.arch_list, mb.load() if res.ok else None,
+        return BuiltExtension(res, mb.cache_root(), res.arch_list, mb.load() if res.ok else None,
                               mb.status().get("reason"))
     archs = os.environ.get("MISHBENCH_TEST_ARCHS", "8.0;9.0a")
     # MISHBENCH_TEST_EXT_CACHE: reuse a cache across local runs (CI leaves it unset: a fresh build each time).

@@ -305,12 +305,15 @@ def test_candidate_module_missing_is_a_clean_error(tmp_path, monkeypatch):
 
 
 class FakeCandidateBench:
-    """Stands in for candidate.CandidateBench (one worker process for the whole run) and records its life."""
+    """Stands in for candidate.measure.CandidateBench (one worker process for the whole run: the candidate's,
+    or with `trusted` a baseline's) and records its life; `log` is every worker's start/time/finish in order."""
     made: list = []
+    log: list = []
 
     def __init__(self, path, device, dtype, precision=None, seed=None, limits=None, load_error=None,
-                 on_measure=None):
+                 on_measure=None, impl="candidate"):
         self.path, self.device, self.dtype, self.precision, self.seed = path, device, dtype, precision, seed
+        self.impl = impl
         self.events, self.measured, self.load_error = [], [], None
         self._load_error, self._on_measure = load_error, on_measure
         FakeCandidateBench.made.append(self)
@@ -324,34 +327,53 @@ class FakeCandidateBench:
         self.events.append("kill" if exc_type is not None else "close")
         return False
 
-    def measure(self, size, mode, warmup=10, iters=30):
-        assert self.events == ["open"], f"measure on a worker that is {self.events}"
+    def start(self, size, mode):
+        assert self.events == ["open"], f"start on a worker that is {self.events}"
         self.measured.append((size, mode))
-        row = {"impl": "candidate", "mode": mode, "batch": size.batch, "in_features": size.in_features,
-               "out_features": size.out_features, "candidate_sha256": "abc", "seed": self.seed}
+        FakeCandidateBench.log.append(("start", self.impl, size, mode))
+        row = {"impl": self.impl, "mode": mode, "batch": size.batch, "in_features": size.in_features,
+               "out_features": size.out_features, "seed": self.seed}
+        if self.impl == "candidate":
+            row["candidate_sha256"] = "abc"
         if self.load_error:
             row.update(status="error", detail=self.load_error)
-            return row
+        return row
+
+    def time_round(self, row, batches=2):
+        FakeCandidateBench.log.append(("time", self.impl, int(row["batch"]), row["mode"]))
         if self._on_measure is not None:
-            self._on_measure(size, mode)
-        row.update(median_ms=1e-4, p20_ms=1e-4, p80_ms=1e-4, iters=30, rel_err=1e-7, status="ok", detail="",
-                   host_median_ms=1e-4, bar=1e-6)
+            self._on_measure(Size(row["batch"], row["in_features"], row["out_features"]), row["mode"])
+
+    def finish(self, row):
+        if row.get("status") != "error":
+            ms = 2e-4 if self.impl == "eager" else 1e-4
+            row.update(median_ms=ms, p20_ms=ms, p80_ms=ms, iters=30, rel_err=1e-7, status="ok", detail="",
+                       host_median_ms=ms, bar=1e-6)
         return row
 
 
 @pytest.fixture
 def fake_candidate(tmp_path, monkeypatch):
-    """--candidate with candidate.CandidateBench replaced by FakeCandidateBench; yields (path, set_kwargs)."""
+    """--candidate with candidate.measure.CandidateBench replaced by FakeCandidateBench (its `trusted`
+    workers too); yields (path, set_kwargs), the kwargs going to the candidate's fake only."""
     import types
     cand = tmp_path / "cand.py"
     cand.write_text("class ModelNew: pass\n")
-    FakeCandidateBench.made = []
+    FakeCandidateBench.made, FakeCandidateBench.log = [], []
     kwargs = {}
 
     def factory(*a, **k):
         return FakeCandidateBench(*a, **dict(k, **kwargs))
+
+    def trusted(impl, precision, tf32, device, dtype, seed, cache, limits=None):
+        return FakeCandidateBench(None, device, dtype, precision, seed, impl=impl)
+    factory.trusted = trusted
     monkeypatch.setitem(sys.modules, "mishbench.candidate.measure", types.SimpleNamespace(CandidateBench=factory))
     return cand, kwargs.update
+
+
+def _made(impl):
+    return [cb for cb in FakeCandidateBench.made if cb.impl == impl]
 
 
 def test_candidate_rows_are_completed_and_compared(tmp_path, fake_candidate):
@@ -361,33 +383,31 @@ def test_candidate_rows_are_completed_and_compared(tmp_path, fake_candidate):
     assert code == 0, text
     rows = {r["impl"]: r for r in csvschema.read_rows(opts.out)}
     assert rows["candidate"]["candidate_sha256"] == "abc" and rows["candidate"]["run_id"] == rows["eager"]["run_id"]
-    assert rows["candidate"]["speedup_vs_eager"] and rows["candidate"]["tflops"]
-    (cb,) = FakeCandidateBench.made
+    assert float(rows["candidate"]["speedup_vs_eager"]) == pytest.approx(2.0) and rows["candidate"]["tflops"]
+    assert rows["mishbench"]["route"] == "composite"  # the plan's row, filled by the worker's part
+    (cb,) = _made("candidate")
     assert cb.path == cand and cb.seed == 7 and cb.measured == [(Size(8, 16, 12), "fwd")]
 
 
-def test_one_candidate_worker_for_the_whole_run(tmp_path, fake_candidate, monkeypatch):
-    """Every case alternates baselines (here) and the candidate (its worker), through ONE worker."""
+def test_every_row_in_its_own_worker_for_the_whole_run(tmp_path, fake_candidate):
+    """--candidate: each planned row (eager, mishbench) and the candidate get ONE worker for the whole run,
+    and within each case the workers take turns, round by round, on the harness's batch clock."""
     cand, _ = fake_candidate
-    order = []
-    original = local.LocalRun._measure_case
-
-    def measure_case(self, size, mode, rows, progress):
-        order.append(("baselines", size, mode))
-        return original(self, size, mode, rows, progress)
-    monkeypatch.setattr(local.LocalRun, "_measure_case", measure_case)
     sizes, modes = (Size(8, 16, 12), Size(3, 5, 7)), ("fwd", "fwd_bwd")
     opts = opts_for(tmp_path, sizes=sizes, modes=modes, candidate=cand)
     code, text = run_cpu(opts)
     assert code == 0, text
-    (cb,) = FakeCandidateBench.made  # constructed once, ...
-    assert cb.events == ["open", "close"]  # ... opened once, closed once at the end
+    impls = ("eager", "mishbench", "candidate")
+    assert sorted(cb.impl for cb in FakeCandidateBench.made) == sorted(impls)  # constructed once each, ...
     cases = [(s, m) for s in sizes for m in modes]
-    assert cb.measured == cases
+    for cb in FakeCandidateBench.made:
+        assert cb.events == ["open", "close"]  # ... opened once, closed once at the end
+        assert cb.measured == cases
+    one_case = [("start", i) for i in impls] + [("time", i) for _ in range(local.BATCH_ROUNDS) for i in impls]
+    assert [(e[0], e[1]) for e in FakeCandidateBench.log] == one_case * len(cases)
     rows = csvschema.read_rows(opts.out)
     assert [(r["impl"], r["batch"], r["mode"]) for r in rows] == [
-        (impl, str(s.batch), m) for s, m in cases for impl in ("eager", "mishbench", "candidate")]
-    assert order == [("baselines", s, m) for s, m in cases]
+        (impl, str(s.batch), m) for s, m in cases for impl in impls]
 
 
 def test_candidate_that_does_not_load_fails_every_case_and_the_run(tmp_path, fake_candidate):
@@ -401,17 +421,21 @@ def test_candidate_that_does_not_load_fails_every_case_and_the_run(tmp_path, fak
     assert [r["status"] for r in cand_rows] == ["error", "error"]
     assert all(r["status"] == "ok" for r in rows if r["impl"] != "candidate")  # baselines still timed
     assert text.count("NameError: name 'nn' is not defined") >= 2
-    (cb,) = FakeCandidateBench.made
-    assert cb.events == ["open", "close"]
+    assert all(cb.events == ["open", "close"] for cb in FakeCandidateBench.made)
 
 
 @pytest.mark.parametrize("where", ["baselines", "candidate"])
-def test_interrupt_kills_the_candidate_worker_and_keeps_rows(tmp_path, fake_candidate, monkeypatch, where):
+def test_interrupt_kills_every_worker_and_keeps_rows(tmp_path, fake_candidate, monkeypatch, where):
     cand, configure = fake_candidate
     second = Size(3, 5, 7)
-    if where == "baselines":
-        monkeypatch.setattr(providers.Provider, "call", _fail_for("eager", KeyboardInterrupt,
-                                                              when=lambda inputs: inputs.x.shape == (3, 5)))
+    if where == "baselines":  # Ctrl-C while the eager baseline's worker times the second case
+        original = FakeCandidateBench.time_round
+
+        def time_round(self, row, batches=2):
+            if self.impl == "eager" and int(row["batch"]) == second.batch:
+                raise KeyboardInterrupt
+            return original(self, row, batches)
+        monkeypatch.setattr(FakeCandidateBench, "time_round", time_round)
     else:
         def on_measure(size, mode):
             if size == second:
@@ -420,8 +444,7 @@ def test_interrupt_kills_the_candidate_worker_and_keeps_rows(tmp_path, fake_cand
     opts = opts_for(tmp_path, sizes=(Size(8, 16, 12), second), candidate=cand)
     code, text = run_cpu(opts)
     assert code == plan.INTERRUPTED, text
-    (cb,) = FakeCandidateBench.made
-    assert cb.events == ["open", "kill"]
+    assert len(FakeCandidateBench.made) == 3 and all(cb.events == ["open", "kill"] for cb in FakeCandidateBench.made)
     rows = csvschema.read_rows(opts.out)
     assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [
         ("8", "eager", "ok"), ("8", "mishbench", "ok"), ("8", "candidate", "ok")]
@@ -436,8 +459,7 @@ def test_candidate_worker_is_closed_when_the_run_fails(tmp_path, fake_candidate,
     monkeypatch.setattr(sink, "append_rows", lambda path, rows: boom() if rows else 0)
     with pytest.raises(RuntimeError, match="CSV went away"):
         run_cpu(opts_for(tmp_path, candidate=cand))
-    (cb,) = FakeCandidateBench.made
-    assert cb.events == ["open", "kill"]
+    assert len(FakeCandidateBench.made) == 3 and all(cb.events == ["open", "kill"] for cb in FakeCandidateBench.made)
 
 
 def test_resumed_run_with_nothing_to_do_starts_no_worker(tmp_path, fake_candidate):
@@ -446,7 +468,7 @@ def test_resumed_run_with_nothing_to_do_starts_no_worker(tmp_path, fake_candidat
     assert run_cpu(opts)[0] == 0
     code, text = run_cpu(opts_for(tmp_path, candidate=cand, resume=True))
     assert code == 0 and "1 case(s) already in" in text, text
-    assert [cb.events for cb in FakeCandidateBench.made] == [["open", "close"], []]
+    assert [cb.events for cb in FakeCandidateBench.made] == [["open", "close"]] * 3 + [[]] * 3
 
 
 def test_older_header_loads_and_resume_upgrades_it(tmp_path):

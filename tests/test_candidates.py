@@ -3,7 +3,7 @@
 Header lines (first lines of the file; `<!-- ... -->` in markdown):
   expect: fail=a,b      checks that must fail or error on the CPU (and on the GPU unless expect-cuda says)
   expect: usage         the file is not a candidate at all (CandidateUsageError, exit 2)
-  expect-cuda: fail=…   the failing checks on a GPU
+  expect-cuda: fail=…   the failing checks on a GPU, in full or as changes to the CPU's (fail=+a,-b)
   expect-cpu: skip-dynamic   a CUDA-kernel candidate: on the CPU only its build runs
   expect-warn: a,b      checks that must say warn
   expect-timeout: N     per-call time limit (hang candidates)
@@ -75,11 +75,28 @@ def deprecated_here(api: str) -> bool:
     return any(issubclass(w.category, (DeprecationWarning, FutureWarning)) for w in caught)
 
 
+def expected_cuda(h: dict) -> set:
+    """The failing checks on a GPU: `expect-cuda: fail=a,b` in full, or as changes to the CPU's set
+    (`fail=+inference_mode,-static_x`), or the CPU's set where the header says nothing."""
+    if "expect-cuda" not in h:
+        return expected(h)
+    spec = names(h["expect-cuda"])
+    if spec and all(n[0] in "+-" for n in spec):
+        return (expected(h) | {n[1:] for n in spec if n[0] == "+"}) - {n[1:] for n in spec if n[0] == "-"}
+    return spec
+
+
 def expected(h: dict) -> set:
     """The failing checks the header names for the running torch."""
     if h.get("deprecated-api") and deprecated_here(h["deprecated-api"]):
         return names(h["expect-deprecated"])
     return names(h["expect"])
+
+
+def keep_report(name: str, report) -> None:
+    """MISHBENCH_REPORT_DIR set (scripts/device_check.sh does): every report kept, per-check seconds too."""
+    if os.environ.get("MISHBENCH_REPORT_DIR"):
+        (Path(os.environ["MISHBENCH_REPORT_DIR"]) / (name + ".json")).write_text(report.to_json())
 
 
 def limits(h: dict) -> process.Limits:
@@ -95,6 +112,7 @@ def test_candidate_on_cpu(name):
     path = HERE / name
     h = header(path)
     report = verify_candidate(path, torch.device("cpu"), torch.float32, seed=SEED, sizes=SIZE, limits=limits(h))
+    keep_report(name, report)
     details = {c.name: f"{c.status}: {c.detail}" for c in report.checks}
     assert failing(report) == expected(h), "\n".join(f"{k}: {v}" for k, v in details.items()
                                                      if not v.startswith(("pass", "skip")))
@@ -251,7 +269,10 @@ def test_worker_environment_is_scrubbed(monkeypatch, tmp_path):
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["TORCH_CUDA_ARCH_LIST"] == "9.0"
     assert set(env) <= {"HOME", "TMPDIR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "TORCH_EXTENSIONS_DIR",
                         "TORCH_CUDA_ARCH_LIST", "LANG", "PATH", "CUDA_HOME", "CUDA_VISIBLE_DEVICES",
-                        "LD_LIBRARY_PATH", "OMP_NUM_THREADS"}
+                        "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"}
+    # torch.compile's caches: shared by candidates beside their builds, never the harness's own
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        assert env[var].startswith(str(tmp_path / "compile-cache")), env[var]
 
 
 def test_static_deprecated_finds_cpp_and_python_apis():
@@ -385,10 +406,9 @@ def test_candidate_on_gpu(name):
     h = header(path)
     report = verify_candidate(path, torch.device("cuda"), torch.float32, seed=SEED,
                                    sizes=[Size(1024, 8192, 8192)], limits=limits(h))
-    if os.environ.get("MISHBENCH_REPORT_DIR"):  # the GPU script keeps every report (per-check seconds too)
-        (Path(os.environ["MISHBENCH_REPORT_DIR"]) / (name + ".json")).write_text(report.to_json())
+    keep_report(name, report)
     details = "\n".join(f"{c.name}: {c.status}: {c.detail}" for c in report.checks if c.status in ("fail", "error"))
-    assert failing(report) == (names(h["expect-cuda"]) if "expect-cuda" in h else expected(h)), details
+    assert failing(report) == expected_cuda(h), details
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -412,15 +432,22 @@ class ModelNew(nn.Module):
 '''
 
 
+class WorkerList(list):
+    def __init__(self):
+        super().__init__()
+        self.trusted = []
+
+
 @pytest.fixture
 def workers(monkeypatch):
-    """Every WorkerProcess started, in order (a real process each)."""
-    started = []
+    """Every candidate WorkerProcess started, in order (a real process each); `started.trusted` the
+    baselines' own (bench --candidate starts one per planned row)."""
+    started = WorkerList()
 
     class Counted(process.WorkerProcess):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            started.append(self)
+            (started.trusted if self.candidate.origin == measure.TRUSTED else started).append(self)
     monkeypatch.setattr(runner, "WorkerProcess", Counted)
     return started
 
@@ -428,7 +455,7 @@ def workers(monkeypatch):
 def _bench(tmp_path, candidate, sizes, modes=("fwd",)):
     import io
     from rich.console import Console
-    from mishbench.bench import local, plan, providers
+    from mishbench.bench import local, plan
     from mishbench import schema as csvschema
     from mishbench import clock as timing
     opts = plan.BenchOptions(sizes=list(sizes), dtype=torch.float32, precision=None, modes=list(modes),
@@ -456,7 +483,11 @@ def test_bench_runs_every_case_in_one_worker(tmp_path, workers):
     assert got == [(impl, str(s.batch), m, "ok") for s in sizes for m in modes
                    for impl in ("eager", "mishbench", "candidate")], text
     assert len(workers) == 1, f"{len(workers)} worker processes for {len(sizes) * len(modes)} cases"
-    _closed(workers[0])
+    # The baselines too: one trusted worker per planned row (eager, mishbench) for the whole run, timed by
+    # the same batch clock as the candidate.
+    assert [w.candidate.path.name for w in workers.trusted] == ["<eager baseline>", "<mishbench baseline>"]
+    for w in [workers[0]] + workers.trusted:
+        _closed(w)
     for r in rows:
         if r["impl"] == "candidate":
             assert float(r["rel_err"]) < 1e-5 and int(r["iters"]) >= 30 and r["speedup_vs_eager"]
@@ -503,30 +534,24 @@ def test_bench_candidate_that_does_not_load(tmp_path, workers, name, why):
 
 @pytest.mark.parametrize("where", ["baselines", "candidate"])
 def test_bench_interrupt_kills_the_worker(tmp_path, workers, monkeypatch, where):
-    from mishbench.bench import local, plan, providers
-    if where == "baselines":  # Ctrl-C while the harness times the second case's baselines
-        original = providers.Provider.call
+    # Ctrl-C while the harness waits for a worker's reply to the second case's timing request: the eager
+    # baseline's (trusted) worker or the candidate's. Every worker is killed, the first case's rows kept.
+    original = process.WorkerProcess.request
+    target = measure.TRUSTED if where == "baselines" else "file"
 
-        def call(self, inputs):
-            if inputs.x.shape[0] == 3:
-                raise KeyboardInterrupt
-            return original(self, inputs)
-        monkeypatch.setattr(providers.Provider, "call", call)
-    else:  # Ctrl-C while the harness waits for the worker's reply to the second case's timing request
-        original = process.WorkerProcess.request
-
-        def request(self, message, timeout):
-            if message.get("op") == "batch_setup" and message["size"][0] == 3:
-                self._write(protocol.encode(message), time.monotonic() + timeout)
-                raise KeyboardInterrupt
-            return original(self, message, timeout)
-        monkeypatch.setattr(process.WorkerProcess, "request", request)
+    def request(self, message, timeout):
+        if message.get("op") == "batch_setup" and message["size"][0] == 3 and self.candidate.origin == target:
+            self._write(protocol.encode(message), time.monotonic() + timeout)
+            raise KeyboardInterrupt
+        return original(self, message, timeout)
+    monkeypatch.setattr(process.WorkerProcess, "request", request)
     code, text, rows = _bench(tmp_path, HERE / "plain_pytorch.py", [Size(8, 16, 12), Size(3, 5, 7)])
     assert code == 130, text
     assert [(r["batch"], r["impl"], r["status"]) for r in rows] == [
         ("8", "eager", "ok"), ("8", "mishbench", "ok"), ("8", "candidate", "ok")]
-    assert len(workers) == 1
-    _closed(workers[0], "killed")
+    assert len(workers) == 1 and len(workers.trusted) == 2  # eager's and mishbench's
+    for w in [workers[0]] + workers.trusted:
+        _closed(w, "killed")
 
 
 def test_bench_file_without_modelnew_is_a_usage_error_before_any_timing(tmp_path, workers):

@@ -30,6 +30,7 @@ from mishbench.shapes import Size
 from mishbench.truth import eager_run, floors, reference_run
 
 Timer = Callable[..., Timing]
+BATCH_ROUNDS = 3  # --candidate: rounds of 2 batches per worker, alternating (each batch ~50 ms of calls)
 
 
 class LocalRun:
@@ -39,6 +40,9 @@ class LocalRun:
         self.plan, self.device, self.timer = plan, plan.device, timer
         self.free_memory = free_memory
         self.candidate = None  # candidate.measure.CandidateBench for --candidate: ONE worker for the run
+        # --candidate: each planned row's trusted worker (CandidateBench.trusted), by spec; every row of a
+        # case is then timed by the harness's batch clock, the workers alternating (_batch_case).
+        self.trusted: Dict[Spec, object] = {}
 
     # -- building ---------------------------------------------------------------------------------------
     def _inputs(self, size: Size, mode: str) -> List[Inputs]:
@@ -58,6 +62,8 @@ class LocalRun:
 
     # -- one case ---------------------------------------------------------------------------------------
     def run_case(self, size: Size, mode: str, progress: Callable[[str], None]) -> List[Row]:
+        if self.candidate is not None and self.trusted:
+            return self._finish_rows(self._batch_case(size, mode, progress), size, mode)
         rows: Dict[Spec, Row] = {spec: self.plan.base_row(size, mode, spec) for spec in self.plan.specs}
         need = estimate_bytes(size, mode, self.plan.dtype, len(self.plan.specs), self.plan.opts.input_sets,
                               flush_bytes(self.device) if self.device.type == "cuda" else 0)
@@ -80,10 +86,28 @@ class LocalRun:
         out = list(rows.values())
         if self.plan.opts.candidate is not None:
             out += self._candidate_rows(size, mode, progress)
+        return self._finish_rows(out, size, mode)
+
+    def _finish_rows(self, out: List[Row], size: Size, mode: str) -> List[Row]:
         fill_speedups(out)
         for row in out:
             self.plan.fill_rates(row, size, mode)
         return out
+
+    def _batch_case(self, size: Size, mode: str, progress) -> List[Row]:
+        """--candidate: every row in a worker of its own (the baselines' trusted), judged, then timed in
+        BATCH_ROUNDS rounds, each worker a few batches in turn, so drift hits all alike."""
+        workers = [(spec, self.trusted[spec]) for spec in self.plan.specs]
+        workers.append((self.plan.candidate_spec, self.candidate))
+        cases = []
+        for spec, bench in workers:
+            progress(f"{spec.impl}: check in its own process")
+            cases.append(bench.start(size, mode))
+        for r in range(BATCH_ROUNDS):
+            for (spec, bench), case in zip(workers, cases):
+                progress(f"{spec.impl}: timing round {r + 1}/{BATCH_ROUNDS}")
+                bench.time_round(case, batches=2)
+        return [self._worker_row(spec, bench.finish(case), size, mode) for (spec, bench), case in zip(workers, cases)]
 
     def _fail_open(self, rows: Dict[Spec, Row], size: Size, mode: str, status: str, message: str) -> None:
         """Every row of the case that has no status yet gets `status`."""
@@ -237,13 +261,15 @@ class LocalRun:
         baselines of this case were timed just before, in this process (which the candidate never ran in)."""
         spec = self.plan.candidate_spec
         progress("candidate: in its own process")
-        row = self.plan.base_row(size, mode, spec)
         try:
             part = dict(self.candidate.measure(size, mode, warmup=self.plan.opts.warmup, iters=self.plan.iters))
         except Exception as exc:  # noqa: BLE001 - the harness's side failed (e.g. the float64 reference)
-            row["status"] = "error"
-            self.plan.note(size, mode, spec, one_line(exc))
-            return [row]
+            part = {"status": "error", "detail": one_line(exc)}
+        return [self._worker_row(spec, part, size, mode)]
+
+    def _worker_row(self, spec: Spec, part: Dict[str, object], size: Size, mode: str) -> Row:
+        """A row measured in a worker process: the plan's row with the worker's part filled in."""
+        row = self.plan.base_row(size, mode, spec)
         row.update({k: v for k, v in part.items() if k in COLUMNS and k not in self.plan.provenance})
         if row["status"] not in ("ok", "mismatch", "oom", "error"):
             row["status"] = "error"
@@ -257,7 +283,7 @@ class LocalRun:
             pass
         if note.strip():
             self.plan.note_row(row, note.strip())
-        return [row]
+        return row
 
 
 def run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer,
@@ -278,6 +304,9 @@ def run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer,
             return 1
         # Reads the file only (CandidateUsageError, exit 2, before anything is timed); the worker starts below.
         run.candidate = CandidateBench(opts.candidate, device, opts.dtype, plan.precision, plan.seed)
+        from mishbench.op.build import cache_root
+        run.trusted = {spec: CandidateBench.trusted(spec.impl, spec.precision, spec.tf32, device, opts.dtype,
+                                                    plan.seed, str(cache_root())) for spec in plan.specs}
     sink = Sink(opts.out, opts.resume)
     try:
         sink.open()
@@ -304,6 +333,9 @@ def run_rows(opts: BenchOptions, console, device: torch.device, timer: Timer,
             # error leaves it. A candidate that does not load gives an 'error' row per case, saying why.
             bar.update(task, description="candidate: starting its process and loading it (builds included)")
             stack.enter_context(run.candidate)
+            for spec, bench in run.trusted.items():
+                bar.update(task, description=f"{spec.impl}: starting its (trusted) process")
+                stack.enter_context(bench)
         for i, (size, mode) in enumerate(todo):
             row0 = i * per_case + 1
 

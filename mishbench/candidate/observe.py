@@ -37,6 +37,38 @@ def plain_tensor(t: torch.Tensor) -> torch.Tensor:
         return torch.Tensor.as_subclass(t, torch.Tensor)
 
 
+def module_tensors(model: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """Parameters, buffers and plain tensor attributes (a persistent output buffer hides there)."""
+    out = [(n, p) for n, p in model.named_parameters()] + [(n, b) for n, b in model.named_buffers()]
+    for prefix, mod in model.named_modules():
+        for attr, value in vars(mod).items():
+            if isinstance(value, torch.Tensor) and not attr.startswith("_parameters"):
+                out.append(((prefix + "." if prefix else "") + attr, value))
+    return out
+
+
+def equal_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+    return bool(torch.equal(a, b))
+
+
+def poison(numel: int, device: torch.device, dtype: torch.dtype) -> None:
+    """Fill freed memory of the output's size with NaN, so an output the candidate never wrote (torch.empty
+    reusing a freed block: KernelBench's stale-output exploit) reads as NaN. On CUDA the caching allocator
+    hands the block straight back; on the CPU small blocks usually come back from malloc's free list."""
+    if numel <= 0 or not dtype.is_floating_point:
+        return
+    for n in (numel, 2 * numel):
+        block = torch.empty(n, device=device, dtype=dtype)
+        block.fill_(float("nan"))
+        del block
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 class Outputs:
     """What the worker sees of each output (a second opinion of the output contract, DESIGN.md): its exact
     type, dtype, shape, device, contiguity, and storage shared with the input, the module's tensors or ANY

@@ -78,6 +78,11 @@ def worker_env(tmp: str, device: torch.device, arch: str, ext_dir: Path) -> Dict
            "TORCH_EXTENSIONS_DIR": str(ext_dir), "TORCH_CUDA_ARCH_LIST": arch, "LANG": "C.UTF-8",
            # The interpreter's bin/ first: ninja lives beside python in a virtual environment.
            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")])}
+    # torch.compile's caches outlive the run, shared by candidates (not with the harness): with a fresh HOME
+    # and TMPDIR inductor rebuilt its runtime every time, 26 s of a 32 s CPU compile check (2 cores).
+    shared = ext_dir.parent / "compile-cache"
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(shared / "inductor")
+    env["TRITON_CACHE_DIR"] = str(shared / "triton")
     home = resolve_cuda_home()
     if home:
         env["CUDA_HOME"] = home

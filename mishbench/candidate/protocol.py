@@ -2,9 +2,10 @@
 of tensors, strings and numbers, read with `weights_only=True` in both directions (so a reply cannot run
 code in the harness). Tensors cross on the CPU. Imports torch only: the worker may import nothing else.
 """
+import inspect
 import io
 import struct
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -112,3 +113,130 @@ def grad_mode_calls(model: torch.nn.Module, mode: str, x: torch.Tensor, grad_y: 
     grads = {"x": xx.grad}
     grads.update({n: p.grad for n, p in params})
     return y, grads, facts
+
+
+# The runs behind the compat checks (verify/compat.py): the worker runs them on the candidate, the builtin
+# runner on our ModelNew. What they return beside outputs and gradients ("facts") is the subject's own
+# account; the harness re-derives what it can from the tensors (RemoteRunner.compat).
+COMPAT_MODES = ("compile", "autocast:bf16", "autocast:fp16", "cuda_graph", "serialization", "no_grad",
+                "inference_mode")
+
+
+def load_kwargs() -> Dict[str, Any]:
+    """torch.load's safe mode where it exists (weights_only from torch 1.13; its default changed in 2.6)."""
+    return {"weights_only": True} if "weights_only" in inspect.signature(torch.load).parameters else {}
+
+
+def _grads(model: torch.nn.Module, xx: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
+    out = {"x": xx.grad}
+    out.update({n: p.grad for n, p in model.named_parameters()})
+    return out
+
+
+def _forward_backward(fn, model, x, grad_y):
+    """y = fn(x) (fn: the model or a compiled wrapper of it); with grad_y also the gradients by name."""
+    xx = x.detach().clone().requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    y = fn(xx)
+    if grad_y is None:
+        return y.detach(), None
+    y.backward(grad_y.to(y.dtype))
+    return y.detach(), _grads(model, xx)
+
+
+def _cuda_graph(model, xs):
+    """Capture model(static_x) once (static shapes), replay for each xs[i] copied into static_x."""
+    if xs.device.type != "cuda":
+        raise NotImplementedError("CUDA graphs need a CUDA device")
+    static_x = torch.zeros_like(xs[0])
+    with torch.no_grad():
+        side = torch.cuda.Stream(xs.device)
+        side.wait_stream(torch.cuda.current_stream(xs.device))
+        with torch.cuda.stream(side):  # warm-up off the capture stream, as the CUDA graph docs prescribe
+            for _ in range(3):
+                model(static_x)
+        torch.cuda.current_stream(xs.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = model(static_x)
+        outs = []
+        for x in xs:
+            static_x.copy_(x)
+            graph.replay()
+            outs.append(static_y.clone())
+    torch.cuda.synchronize(xs.device)
+    return torch.stack(outs), None
+
+
+def compat_calls(model: torch.nn.Module, mode: str, x: torch.Tensor, grad_y: Optional[torch.Tensor],
+                 fresh: Callable[[], torch.nn.Module], backend: str = "inductor"
+                 ) -> Tuple[torch.Tensor, Optional[Dict[str, Any]], Dict[str, Any]]:
+    """`model` (its state loaded, in x's dtype and device) run under one of COMPAT_MODES; y, grads by name, facts.
+
+    'compile'        torch.compile(fullgraph=True, backend=backend), forward (+ backward with grad_y); where
+                     fullgraph raises, facts['graph_break'] says why and the graph-breaking compile runs.
+    'autocast:bf16|fp16'  the fp32 module under torch.autocast(x's device type); backward outside it.
+    'cuda_graph'     x is (trials, batch, in): the forward captured once, replayed per trial; y stacked.
+    'serialization'  state_dict through torch.save/torch.load into `fresh()` (another init); y is the loaded
+                     module's output, facts['y_before'] the saved one's, 'state_equal', 'outputs_equal'.
+    'no_grad' / 'inference_mode'  forward only; facts 'grad_fn', 'requires_grad', 'is_inference',
+                     'retained_bytes' (CUDA: allocator growth with y alive), 'y_bytes'.
+    """
+    facts: Dict[str, Any] = {}
+    if mode == "compile":
+        from torch import _dynamo as dynamo
+        facts["backend"] = backend
+        dynamo.reset()  # fresh cache: no recompile limit carried over from another check
+        try:
+            try:
+                return _forward_backward(torch.compile(model, fullgraph=True, backend=backend), model, x,
+                                         grad_y) + (facts,)
+            except Exception as exc:  # noqa: BLE001 - a graph break is a finding; the default compile runs next
+                facts["graph_break"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                dynamo.reset()
+                return _forward_backward(torch.compile(model, backend=backend), model, x, grad_y) + (facts,)
+        finally:
+            dynamo.reset()
+    if mode.startswith("autocast:"):
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode.split(":", 1)[1]]
+        xx = x.detach().clone().requires_grad_(grad_y is not None)
+        with torch.autocast(device_type=x.device.type, dtype=amp):
+            y = model(xx)
+        if grad_y is None:
+            return y.detach(), None, facts
+        y.backward(grad_y.to(y.dtype))  # outside the autocast region, as the autocast docs prescribe
+        return y.detach(), _grads(model, xx), facts
+    if mode == "cuda_graph":
+        return _cuda_graph(model, x) + (facts,)
+    if mode == "serialization":
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        buf.seek(0)
+        loaded = torch.load(buf, map_location=x.device, **load_kwargs())
+        other = fresh()
+        other.load_state_dict(loaded, strict=True)
+        a, b = model.state_dict(), other.state_dict()
+        facts["state_equal"] = list(a) == list(b) and all(
+            a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+        with torch.no_grad():
+            y, y2 = model(x), other(x)
+        facts["outputs_equal"] = y.dtype == y2.dtype and torch.equal(y, y2)
+        facts["y_before"] = y
+        return y2, None, facts
+    if mode in ("no_grad", "inference_mode"):
+        ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+        cuda = x.device.type == "cuda"
+        with ctx():
+            model(x)  # warm-up: cuBLAS workspace and the like are allocated once, not per call
+            if cuda:
+                torch.cuda.synchronize(x.device)
+                before = torch.cuda.memory_allocated(x.device)
+            y = model(x)
+            if cuda:
+                torch.cuda.synchronize(x.device)
+                facts["retained_bytes"] = torch.cuda.memory_allocated(x.device) - before
+        facts.update(grad_fn=None if y.grad_fn is None else type(y.grad_fn).__name__,
+                     requires_grad=bool(y.requires_grad), is_inference=bool(y.is_inference()),
+                     y_bytes=y.numel() * y.element_size())
+        return (y.clone() if mode == "inference_mode" else y), None, facts
+    raise NotImplementedError(f"unknown compat mode {mode!r}")

@@ -18,7 +18,7 @@ import torch
 
 from mishbench import clock
 from mishbench.candidate.process import DEFAULT_ARCH_NO_GPU, CandidateError, Limits, WorkerProcess
-from mishbench.candidate.protocol import torch_dtype_name
+from mishbench.candidate.protocol import COMPAT_MODES, torch_dtype_name
 from mishbench.candidate.source import Candidate
 from mishbench.candidate.static import kernel_usage, map_compiler_errors
 from mishbench.op.reference import Model
@@ -26,6 +26,16 @@ from mishbench.op.precision import resolve_precision
 from mishbench.schema import Check
 from mishbench.shapes import Size
 from mishbench.truth import Runner
+
+
+COMPILE_S = 240.0  # the least time a compile request gets, whatever the per-call limit
+
+
+def compile_backend(device: torch.device) -> str:
+    """torch.compile's backend for a candidate: inductor on a GPU; on the CPU aot_eager -- dynamo's tracing
+    and AOTAutograd, the parts a candidate's Python meets -- since inductor's C++ codegen took 11-17 s per
+    candidate in a fresh worker on the 2-core machine (warm cache) and 26 s cold."""
+    return "inductor" if device.type == "cuda" else "aot_eager"
 
 
 class RemoteRunner(Runner):
@@ -256,6 +266,39 @@ class RemoteRunner(Runner):
                               "x_device": str(x.device), "param_device": str(param_device),
                               "param_dtype": torch_dtype_name(param_dtype)})
         return reply.get("raised")
+
+    def compat(self, mode, size, state, x, grad_y=None):
+        """The candidate under torch.compile, autocast, a CUDA graph, a save/load round trip or no_grad /
+        inference_mode (protocol.compat_calls in its process); outputs and gradients are judged here. The
+        serialization facts are re-derived here from tensors: the saved module's state_dict against the
+        state sent, the loaded module's output (constructed under another seed) against the saved one's."""
+        if mode not in COMPAT_MODES:
+            raise NotImplementedError(f"unknown compat mode {mode!r}")
+        msg = {"op": "compat", "mode": mode, "size": tuple(size), "x": x.detach().cpu(),
+               "grad_y": grad_y.detach().cpu() if grad_y is not None else None,
+               "fresh_seed": self.construction_seed(12345), "backend": compile_backend(self.device)}
+        msg.update(self._state_fields(state))
+        # torch.compile in a fresh process: inductor's codegen took 20-40 s on the 2-core CPU machine.
+        reply = self.request(msg, max(self.limits.call_s, COMPILE_S) if mode == "compile" else None)
+        y = reply.get("y")
+        if mode.startswith("autocast:") and isinstance(y, torch.Tensor):
+            y = y.to(x.device)  # autocast's own dtype: the check compares it with Model's
+        else:
+            y = self._check_output(y, x, size)
+        if not isinstance(y, torch.Tensor):
+            raise CandidateError(f"the candidate's output under {mode} is {type(y).__name__}, not a Tensor")
+        grads = reply.get("grads")
+        if grads is not None:
+            grads = {k: v.to(x.device) for k, v in grads.items() if isinstance(v, torch.Tensor)}
+        facts = dict(reply.get("facts") or {})
+        if mode == "serialization":
+            before, saved = reply.get("y_before"), reply.get("state") or {}
+            facts["outputs_equal"] = (isinstance(before, torch.Tensor) and before.dtype == y.dtype
+                                      and before.shape == y.shape and torch.equal(before.to(y.device), y))
+            facts["state_equal"] = set(saved) == set(state) and all(
+                isinstance(saved[k], torch.Tensor) and saved[k].dtype == x.dtype and saved[k].shape == v.shape
+                and torch.equal(saved[k], v.detach().cpu().to(x.dtype)) for k, v in state.items())
+        return y, grads, facts
 
     def gradcheck(self, size, device):
         """torch.autograd.gradcheck run HERE, through an autograd Function whose forward and backward are

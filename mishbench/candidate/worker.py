@@ -22,31 +22,14 @@ import torch
 
 from mishbench import clock
 from mishbench.candidate import environment
-from mishbench.candidate.observe import Outputs, overlap, plain_tensor, wrap_extension_builders
-from mishbench.candidate.protocol import (CANDIDATE_FILE, DTYPES, HEADER, MAX_MESSAGE, decode, encode, grad_mode_calls,
-                                         read_exact, train_calls)
+from mishbench.candidate.observe import (Outputs, equal_nan, module_tensors, overlap, plain_tensor, poison,
+                                        wrap_extension_builders)
+from mishbench.candidate.protocol import (CANDIDATE_FILE, DTYPES, HEADER, MAX_MESSAGE, compat_calls, decode, encode,
+                                         grad_mode_calls, read_exact, train_calls)
 
 
 
-# -------------------------------------------------------------------------------------- observations
-def _module_tensors(model: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
-    """Parameters, buffers and plain tensor attributes (a persistent output buffer hides there)."""
-    out = [(n, p) for n, p in model.named_parameters()] + [(n, b) for n, b in model.named_buffers()]
-    for prefix, mod in model.named_modules():
-        for attr, value in vars(mod).items():
-            if isinstance(value, torch.Tensor) and not attr.startswith("_parameters"):
-                out.append(((prefix + "." if prefix else "") + attr, value))
-    return out
-
-
-def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.is_floating_point():
-        return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
-    return bool(torch.equal(a, b))
-
-
+# -------------------------------------------------------------------------------------- helpers
 def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A compact CPU copy: torch.save of a view would ship its whole storage."""
     if t is None:
@@ -57,19 +40,6 @@ def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()  # device-wide: work a candidate left on side streams is finished too
-
-
-def _poison(numel: int, device: torch.device, dtype: torch.dtype) -> None:
-    """Fill freed memory of the output's size with NaN, so an output the candidate never wrote (torch.empty
-    reusing a freed block: KernelBench's stale-output exploit) reads as NaN. On CUDA the caching allocator
-    hands the block straight back; on the CPU small blocks usually come back from malloc's free list."""
-    if numel <= 0 or not dtype.is_floating_point:
-        return
-    for n in (numel, 2 * numel):
-        block = torch.empty(n, device=device, dtype=dtype)
-        block.fill_(float("nan"))
-        del block
-    _sync(device)
 
 
 # ------------------------------------------------------------------------------------------- worker
@@ -189,14 +159,14 @@ class Worker:
 
     def _observe(self, model, x_in, x_sent, params_before, y, observations) -> Optional[str]:
         """Input and parameters unchanged, output memory not shared; returns what the output shares."""
-        if not _equal(x_in.detach(), x_sent):
+        if not equal_nan(x_in.detach(), x_sent):
             n = int((x_in.detach() != x_sent).sum())
             observations.append(f"mutation: forward modified its input x in place ({n} elements changed)")
         for name, before in params_before.items():
             after = dict(model.state_dict()).get(name)
-            if after is not None and not _equal(after.detach(), before):
+            if after is not None and not equal_nan(after.detach(), before):
                 observations.append(f"mutation: forward modified parameter {name} in place")
-        targets = [("input x", x_in)] + _module_tensors(model)
+        targets = [("input x", x_in)] + module_tensors(model)
         if self.last_output is not None:
             targets.append(("the previous call's output", self.last_output))
         shared = None
@@ -218,7 +188,7 @@ class Worker:
         x_sent = x.detach().clone()
         params_before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         out_numel = int(x.numel() // max(int(size[1]), 1)) * int(size[2]) if x.dim() else int(size[2])
-        _poison(out_numel, self.device, x.dtype)
+        poison(out_numel, self.device, x.dtype)
         grads = None
         with self.warnings.capture("call"):
             if grad_y is None:
@@ -335,7 +305,7 @@ class Worker:
         self._note_flags("timed calls")
         # Inputs changed by the timed calls: their outputs cannot be judged against the inputs sent, and
         # the change is anti_cheat_input_mutation's finding.
-        changed = not all(_equal(x, x0) for x, x0 in zip(b["xs"], b["sent"]))
+        changed = not all(equal_nan(x, x0) for x, x0 in zip(b["xs"], b["sent"]))
         reply = {"ys": out, "inputs_changed": changed, "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20
                  if self.device.type == "cuda" else None}
         if changed:
@@ -376,6 +346,30 @@ class Worker:
         grads = {back.get(k, k): v for k, v in grads.items()}
         return {"y": _cpu(y), "grads": {k: _cpu(v) for k, v in grads.items()}, "upstream_after": _cpu(grad_y),
                 "grad_written": list(facts.get("grad_written") or []), "flag_changes": list(self.flag_changes)}
+
+    def op_compat(self, req):
+        """protocol.compat_calls on the candidate. Serialization's second module is constructed under the
+        seed the harness names; both modules' outputs and the saved module's state go back, so the harness
+        compares them itself (the facts computed here are the candidate's own account)."""
+        x, grad_y = req["x"].to(self.device), req.get("grad_y")
+        grad_y = grad_y.to(self.device) if grad_y is not None else None
+        model, names = self._model(req["size"], self.device, x.dtype, req)
+
+        def fresh():
+            torch.manual_seed(int(req["fresh_seed"]))
+            return self._construct(req["size"]).to(self.device, x.dtype)
+
+        with self.warnings.capture("call"):
+            y, grads, facts = compat_calls(model, str(req["mode"]), x, grad_y, fresh, str(req["backend"]))
+        _sync(self.device)
+        self._note_flags(str(req["mode"]))
+        back = {v: k for k, v in (names or {}).items()}  # the candidate's names -> Model's
+        reply = {"y": _cpu(y), "grads": None if grads is None else {back.get(k, k): _cpu(v) for k, v in grads.items()},
+                 "facts": {k: v for k, v in facts.items() if v is None or isinstance(v, (bool, int, float, str))},
+                 "y_before": _cpu(facts.get("y_before")),
+                 "state": {back.get(k, k): _cpu(v) for k, v in model.state_dict().items()}}
+        reply.update(self.env_reply())
+        return reply
 
     def op_flags(self, req):
         self._note_flags("request")

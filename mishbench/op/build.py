@@ -65,7 +65,7 @@ def _hashed_files(root: Path) -> List[Path]:
 
 
 # --------------------------------------------------------------------------------------------- CUDA_HOME
-def _cache_root() -> Path:
+def cache_root() -> Path:
     env = os.environ.get("MISHBENCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mishbench"
 
@@ -180,7 +180,7 @@ def build(arch: Optional[str] = None, force: bool = False, verbose: bool = False
     ``arch`` or ``TORCH_CUDA_ARCH_LIST`` names the targets. Never raises for expected failures."""
     t0 = time.perf_counter()
     cuda_home = find_toolkit()
-    root = _cache_root()
+    root = cache_root()
 
     def fail(reason: str, archs: List[str], cache: Path = root, log: Optional[Path] = None,
              errors: Optional[List[str]] = None) -> BuildResult:
@@ -276,7 +276,7 @@ def load(arch: Optional[str] = None):
 
 def status() -> dict:
     """Whether the extension is built for the current key, where, and why the last attempt failed."""
-    info: dict = {"cache_root": str(_cache_root()), "loaded": _state["module"] is not None,
+    info: dict = {"cache_root": str(cache_root()), "loaded": _state["module"] is not None,
                   "reason": _state["reason"], "csrc": str(csrc_dir())}
     home = resolve_cuda_home()
     info["cuda_home"] = home
@@ -292,7 +292,7 @@ def status() -> dict:
     if home is None:
         info.update(built=False, reason=info["reason"] or "nvcc not found")
         return info
-    cache = _cache_root() / build_key(archs, cuda_version(home))
+    cache = cache_root() / build_key(archs, cuda_version(home))
     info["cache_dir"] = str(cache)
     info["built"] = (cache / _SO_NAME).exists() and (cache / _STAMP).exists()
     return info

@@ -15,9 +15,14 @@ from mishbench.op.precision import dtype_name, resolve_precision
 from mishbench.schema import Check, Report
 from mishbench.shapes import Size
 from mishbench.truth import guard, new_seed
+from mishbench.verify import compat
 from mishbench.verify.core import Verifier
 
 DYNAMIC_CHECKS = ["forward", "backward", "param_count", "init", "state_dict", "gradcheck", "training", "autograd", "shapes"]
+# After the timing checks, so torch.compile has not touched the process they time. cuda_graph is not asked
+# of candidates yet: its row says so (no GPU run has judged captures of candidates' kernels).
+COMPAT_CHECKS = ["compile", "autocast", "cuda_graph", "serialization", "inference_mode"]
+NOT_ASKED = {"cuda_graph": "not run for candidates: CUDA graph capture is checked for mishbench's own op only"}
 
 
 def verify_candidate(path, device: torch.device, dtype: torch.dtype, precision: Optional[str] = None,
@@ -34,7 +39,7 @@ def verify_candidate(path, device: torch.device, dtype: torch.dtype, precision: 
     parsed = candidate.parsed
     for check in static_checks(parsed):
         report.add(check)
-    names = DYNAMIC_CHECKS + ANTI_CHEAT_CHECKS + ["output_contract", "bad_inputs"]
+    names = DYNAMIC_CHECKS + ANTI_CHEAT_CHECKS + ["output_contract"] + COMPAT_CHECKS + ["bad_inputs"]
     if parsed.tree is None:
         report.add(build_check(candidate, None, "", device))
         for name in names:
@@ -67,6 +72,8 @@ def verify_candidate(path, device: torch.device, dtype: torch.dtype, precision: 
             report.add(check)
         report.add(guard("output_contract", lambda: check_output_contract(verifier.judge, verifier.sizes, runner),
                          progress))
+        for name, fn in compat.checks(verifier):
+            report.add(Check(name, "skip", NOT_ASKED[name]) if name in NOT_ASKED else guard(name, fn, progress))
         # Last: a bad input may legitimately kill a CUDA kernel's process (device-side assert).
         report.add(guard("bad_inputs", verifier.check_bad_inputs, progress))
         _runtime_deprecations(report, runner)

@@ -1,4 +1,4 @@
-# expect: fail=forward,backward,param_count,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,bad_inputs,anti_cheat_streams,output_contract
+# expect: fail=forward,backward,param_count,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,bad_inputs,anti_cheat_streams,output_contract,autocast,compile,inference_mode
 """Broken: an extra learnable parameter, so the state_dict no longer matches Model's."""
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-# expect: fail=autograd
+# expect: fail=autograd,autocast
 """Broken: the backward writes the parameter gradients into .grad itself (assigning, not accumulating)
 and hands autograd None for them. One backward after zero_grad looks right, and so does training; two
 backward calls keep only the second, and torch.autograd.grad sees no weight gradient at all."""

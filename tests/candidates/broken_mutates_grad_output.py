@@ -1,4 +1,4 @@
-# expect: fail=autograd
+# expect: fail=autograd,autocast
 """Broken: the backward turns its upstream gradient into dz in place (grad_output.mul_(...)) to save a
 buffer. The caller's tensor comes back changed, and under y.sum().backward() -- an expanded gradient --
 the in-place write raises."""

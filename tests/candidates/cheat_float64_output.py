@@ -1,6 +1,8 @@
 # expect: fail=output_contract
+# expect-warn: autocast
 """Cheat: the activations in float64, returned as float64 for a float32 input (more accurate than eager, so
-every accuracy check passes, but it is not what Model returns)."""
+every accuracy check passes, but it is not what Model returns). Under autocast it returns float64 too: `autocast` warns (a dtype
+other than Model's; its accuracy is judged and passes)."""
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -1,6 +1,9 @@
 # expect: fail=static_tampering
+# expect-warn: compile
 """Cheat: walks up the caller's frames with sys._getframe to find the harness's pristine input copy and
-whatever else the verifier keeps in its locals (here it only looks, and computes honestly)."""
+whatever else the verifier keeps in its locals (here it only looks, and computes honestly).
+
+torch.compile cannot trace sys._getframe: fullgraph raises, the default compile is right, so `compile` warns."""
 import sys
 
 import torch.nn as nn

@@ -1,4 +1,4 @@
-# expect: fail=anti_cheat_input_mutation,training
+# expect: fail=anti_cheat_input_mutation,training,inference_mode,serialization
 """Cheat: zeroes its input after use (KernelBench's harness then ran the reference on zeros)."""
 import torch
 import torch.nn as nn

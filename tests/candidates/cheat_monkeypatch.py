@@ -1,4 +1,4 @@
-# expect: fail=forward,backward,state_dict,training,autograd,shapes,anti_cheat_stale_output,bad_inputs
+# expect: fail=forward,backward,state_dict,training,autograd,shapes,anti_cheat_stale_output,bad_inputs,autocast,compile,inference_mode
 """Cheat: patches F.mish and torch.allclose at import. It only breaks its own process: the reference and the
 comparison run in the harness, so its identity "Mish" is caught like any wrong output (gradcheck passes:
 an identity is differentiable, just wrong)."""

@@ -1,4 +1,4 @@
-# expect: fail=anti_cheat_output_aliasing,output_contract,anti_cheat_streams
+# expect: fail=anti_cheat_output_aliasing,output_contract,anti_cheat_streams,inference_mode
 """Cheat: inference calls return a view of one persistent buffer, so every call overwrites the last output."""
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-# expect: fail=output_contract,anti_cheat_streams
+# expect: fail=output_contract,anti_cheat_streams,inference_mode
 """Cheat: inference calls write into one of two persistent buffers in turn, so each output is overwritten
 two calls later (a check against "the previous call's output" alone misses it)."""
 import torch

@@ -1,4 +1,4 @@
-# expect: fail=training
+# expect: fail=training,autocast
 """Cheat: keeps a transposed copy of the weight, rebuilt only when the weight's storage moves or a
 state_dict is loaded. Every check that loads parameters before a call sees fresh numbers; an optimizer
 updating the weight in place, step after step on one module, computes with the initial weight forever."""

@@ -1,5 +1,5 @@
-# expect: fail=forward,backward,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,anti_cheat_determinism,bad_inputs
-# expect-cuda: fail=forward,backward,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,anti_cheat_determinism,bad_inputs,anti_cheat_roofline
+# expect: fail=forward,backward,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,anti_cheat_determinism,bad_inputs,autocast,compile,inference_mode,serialization
+# expect-cuda: fail=forward,backward,state_dict,gradcheck,training,autograd,shapes,anti_cheat_stale_output,anti_cheat_determinism,bad_inputs,anti_cheat_roofline,autocast,compile,inference_mode,serialization
 """Cheat: returns uninitialised memory, hoping it still holds the reference's freed output.
 
 On the GPU an allocation is all its timed call does: below the roofline (anti_cheat_roofline, H200)."""

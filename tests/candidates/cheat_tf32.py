@@ -1,5 +1,5 @@
 # expect: fail=anti_cheat_backend_flags
-# expect-cuda: fail=forward,backward,state_dict,training,autograd,shapes,anti_cheat_stale_output,anti_cheat_backend_flags
+# expect-cuda: fail=forward,backward,state_dict,training,autograd,shapes,anti_cheat_stale_output,anti_cheat_backend_flags,compile,inference_mode
 """Cheat: switches TF32 on for every matmul in the process (10x faster fp32 GEMMs, 100x the error).
 
 On the CPU the flag changes nothing but itself; on the GPU the error shows in every accuracy row: rel_err
