@@ -4,6 +4,7 @@ Header lines (first lines of the file; `<!-- ... -->` in markdown):
   expect: fail=a,b      checks that must fail or error on the CPU (and on the GPU unless expect-cuda says)
   expect: usage         the file is not a candidate at all (CandidateUsageError, exit 2)
   expect-cuda: fail=…   the failing checks on a GPU, in full or as changes to the CPU's (fail=+a,-b)
+  expect-torch-2.0: fail=…   the failing checks on torch 2.0.x, in full or as changes (a verdict of its dynamo)
   expect-cpu: skip-dynamic   a CUDA-kernel candidate: on the CPU only its build runs
   expect-warn: a,b      checks that must say warn
   expect-timeout: N     per-call time limit (hang candidates)
@@ -36,7 +37,7 @@ CUDA_FILES = {"cuda_fused_ok.py", "broken_compile.py"}
 def header(path: Path) -> dict:
     out = {}
     for line in path.read_text().splitlines()[:6]:
-        m = re.match(r"^(?:#|<!--)\s*(expect(?:-\w+)?|deprecated-api):\s*(.*?)\s*(?:-->)?$", line)
+        m = re.match(r"^(?:#|<!--)\s*(expect(?:-[\w.-]+)?|deprecated-api):\s*(.*?)\s*(?:-->)?$", line)
         if m:
             out[m.group(1)] = m.group(2)
     return out
@@ -75,22 +76,28 @@ def deprecated_here(api: str) -> bool:
     return any(issubclass(w.category, (DeprecationWarning, FutureWarning)) for w in caught)
 
 
+def changed(base: set, spec: str) -> set:
+    """`fail=a,b` in full, or as changes to `base` (`fail=+inference_mode,-static_x`)."""
+    got = names(spec)
+    if got and all(n[0] in "+-" for n in got):
+        return (base | {n[1:] for n in got if n[0] == "+"}) - {n[1:] for n in got if n[0] == "-"}
+    return got
+
+
 def expected_cuda(h: dict) -> set:
-    """The failing checks on a GPU: `expect-cuda: fail=a,b` in full, or as changes to the CPU's set
-    (`fail=+inference_mode,-static_x`), or the CPU's set where the header says nothing."""
-    if "expect-cuda" not in h:
-        return expected(h)
-    spec = names(h["expect-cuda"])
-    if spec and all(n[0] in "+-" for n in spec):
-        return (expected(h) | {n[1:] for n in spec if n[0] == "+"}) - {n[1:] for n in spec if n[0] == "-"}
-    return spec
+    """The failing checks on a GPU: `expect-cuda`, in full or as changes to the CPU's set; else the CPU's."""
+    return changed(expected(h), h["expect-cuda"]) if "expect-cuda" in h else expected(h)
 
 
 def expected(h: dict) -> set:
-    """The failing checks the header names for the running torch."""
+    """The failing checks the header names for the running torch (`expect-torch-2.0`: on torch 2.0.x)."""
     if h.get("deprecated-api") and deprecated_here(h["deprecated-api"]):
-        return names(h["expect-deprecated"])
-    return names(h["expect"])
+        base = names(h["expect-deprecated"])
+    else:
+        base = names(h["expect"])
+    if "expect-torch-2.0" in h and torch.__version__.startswith("2.0."):
+        return changed(base, h["expect-torch-2.0"])
+    return base
 
 
 def keep_report(name: str, report) -> None:

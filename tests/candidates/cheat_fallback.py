@@ -1,6 +1,10 @@
 # expect: fail=
 # expect-warn: static_fallback
-"""Cheat: calls a "fast kernel" inside try/except and silently falls back to the reference math."""
+# expect-torch-2.0: fail=+compile
+"""Cheat: calls a "fast kernel" inside try/except and silently falls back to the reference math.
+
+torch 2.0.1's dynamo raises InternalTorchDynamoError compiling the try/except (with graph breaks allowed
+too), so `compile` is an error row there; torch 2.14.1 compiles it (measured 2026-12-02)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
