@@ -22,6 +22,7 @@ MEASURED_SLOW = (
     "test_candidates.py::test_bench_candidate_error_at_one_shape",  # 12-18 s each
     "test_candidates.py::test_bench_candidate_crash_mid_run",  # 16 s
     "test_candidates.py::test_bench_candidate_rows_use_one_worker",  # 12 s
+    "test_candidates.py::test_bench_harness_failure_at_one_shape",  # one worker, three cases, like the above
     "test_candidates.py::test_bench_candidate_that_does_not_load",  # 9-11 s each
     "test_candidates.py::test_processes_a_candidate_starts_do_not_outlive_the_run",  # 11 s
     "test_distributed.py::test_hanging_rank_times_out",  # 23 s

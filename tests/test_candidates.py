@@ -509,6 +509,26 @@ def test_bench_candidate_rows_use_one_worker(workers):
     _closed(workers[0])
 
 
+def test_bench_harness_failure_at_one_shape_is_an_error_row(workers, monkeypatch):
+    """The harness's own side failing (here the float64 truth of the timed outputs, at one shape) is that
+    case's error row, naming what raised; the worker and the other cases go on."""
+    from mishbench import truth
+    original = truth.Judge.truth
+
+    def failing_truth(self, size, *a, **k):
+        if size.batch == 5:
+            raise RuntimeError("reference went away")
+        return original(self, size, *a, **k)
+    monkeypatch.setattr(truth.Judge, "truth", failing_truth)
+    sizes = [Size(8, 16, 12), Size(5, 7, 3), Size(3, 4, 4)]
+    rows = measure.bench_candidate_rows(HERE / "plain_pytorch.py", sizes, torch.float32, None, ["fwd"], warmup=1,
+                                        iters=30, seed=SEED, device=torch.device("cpu"))
+    assert [(r["batch"], r["status"]) for r in rows] == [(8, "ok"), (5, "error"), (3, "ok")]
+    assert rows[1]["detail"] == "RuntimeError: reference went away"
+    assert len(workers) == 1
+    _closed(workers[0])
+
+
 def test_bench_candidate_crash_mid_run_keeps_rows_and_never_hangs(tmp_path, workers):
     f = tmp_path / "crashes.py"
     f.write_text(CRASHES_AT_BATCH_3)

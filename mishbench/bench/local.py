@@ -62,7 +62,7 @@ class LocalRun:
 
     # -- one case ---------------------------------------------------------------------------------------
     def run_case(self, size: Size, mode: str, progress: Callable[[str], None]) -> List[Row]:
-        if self.candidate is not None and self.trusted:
+        if self.candidate is not None:
             return self._finish_rows(self._batch_case(size, mode, progress), size, mode)
         rows: Dict[Spec, Row] = {spec: self.plan.base_row(size, mode, spec) for spec in self.plan.specs}
         need = estimate_bytes(size, mode, self.plan.dtype, len(self.plan.specs), self.plan.opts.input_sets,
@@ -83,10 +83,7 @@ class LocalRun:
             finally:
                 release(self.device)
             self._fail_open(rows, size, mode, "error", "no result (internal error)")
-        out = list(rows.values())
-        if self.plan.opts.candidate is not None:
-            out += self._candidate_rows(size, mode, progress)
-        return self._finish_rows(out, size, mode)
+        return self._finish_rows(list(rows.values()), size, mode)
 
     def _finish_rows(self, out: List[Row], size: Size, mode: str) -> List[Row]:
         fill_speedups(out)
@@ -256,17 +253,6 @@ class LocalRun:
             t = merge(prov.parts)
             row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, iters=t.iters, status="ok")
 
-    def _candidate_rows(self, size: Size, mode: str, progress) -> List[Row]:
-        """The candidate's row, measured in its worker process, which stays open across cases; the
-        baselines of this case were timed just before, in this process (which the candidate never ran in)."""
-        spec = self.plan.candidate_spec
-        progress("candidate: in its own process")
-        try:
-            part = dict(self.candidate.measure(size, mode, warmup=self.plan.opts.warmup, iters=self.plan.iters))
-        except Exception as exc:  # noqa: BLE001 - the harness's side failed (e.g. the float64 reference)
-            part = {"status": "error", "detail": one_line(exc)}
-        return [self._worker_row(spec, part, size, mode)]
-
     def _worker_row(self, spec: Spec, part: Dict[str, object], size: Size, mode: str) -> Row:
         """A row measured in a worker process: the plan's row with the worker's part filled in."""
         row = self.plan.base_row(size, mode, spec)
@@ -274,15 +260,8 @@ class LocalRun:
         if row["status"] not in ("ok", "mismatch", "oom", "error"):
             row["status"] = "error"
         note = " ".join(str(part.get("detail") or "").split())
-        host, ev = part.get("host_median_ms"), part.get("median_ms")
-        try:
-            if host is not None and ev and float(host) > 1.5 * float(ev) + 0.05:
-                note += f" host time {float(host):.4g} ms vs event time {float(ev):.4g} ms: work outside " \
-                        "the current stream?"
-        except (TypeError, ValueError):
-            pass
-        if note.strip():
-            self.plan.note_row(row, note.strip())
+        if note:
+            self.plan.note_row(row, note)
         return row
 
 

@@ -61,7 +61,6 @@ class BatchCase:
         self.done = False  # an error row: nothing more to time
         self.judge = self.state = self.x = self.grad_y = self.pick = None
         self.rounds: List[Dict[str, Any]] = []
-        self.worst = None
 
 
 class CandidateBench:
@@ -139,8 +138,9 @@ class CandidateBench:
         """Check one shape against float64 truth, then time it. Returns the worker's part of a result
         row: median/p20/p80 ms (the harness's batch clock), host_median_ms, rel_err, bar, status
         ok|mismatch|oom|error, detail (one line), peak_mem_mb, iters. Then the worker releases its device
-        memory for the next case. Only Ctrl-C and errors of the harness itself propagate (the worker is left
-        as it is: close it with kill=True)."""
+        memory for the next case. A failure of the worker or of the harness's side (the float64 reference)
+        is an 'error' (or 'oom') row; only Ctrl-C propagates (the worker is left as it is: close it with
+        kill=True)."""
         case = self.start(size, mode)
         self.time_round(case, batches=max(5, min(iters, 30) // 6))
         return self.finish(case)
@@ -156,10 +156,10 @@ class CandidateBench:
             case.judge = Judge(self.device, self.dtype, self.seed, self.runner.precision(self.dtype, self.device))
             case.x = make_inputs(size, "rand", gen, self.device, self.dtype)
             cmps = case.judge.compare(self.runner, size, case.x, with_grad=(mode == "fwd_bwd"))
-            case.worst = max(cmps, key=lambda c: c.err / c.bar if c.bar else math.inf)
-            case.row.update(rel_err=case.worst.err, bar=case.worst.bar, precision=case.judge.precision)
+            worst = max(cmps, key=lambda c: c.err / c.bar if c.bar else math.inf)
+            case.row.update(rel_err=worst.err, bar=worst.bar, precision=case.judge.precision)
             if not all(c.ok for c in cmps):
-                case.row.update(status="mismatch", detail=f"rel_err {case.worst.err:.3g} > bar {case.worst.bar:.3g}")
+                case.row.update(status="mismatch", detail=f"rel_err {worst.err:.3g} > bar {worst.bar:.3g}")
                 case.done = True
                 return case
             case.state = self.runner.init_state(size, self.seed)
@@ -167,7 +167,7 @@ class CandidateBench:
                 case.grad_y = torch.randn(size.batch, size.out_features, generator=gen,
                                           dtype=torch.float64).to(self.dtype)
             case.pick = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        except CandidateError as exc:
+        except Exception as exc:  # noqa: BLE001 - the worker's failure, or the harness's (the float64 reference)
             self._failed(case, exc)
         return case
 
@@ -178,15 +178,19 @@ class CandidateBench:
         try:
             case.rounds.append(self.runner.time_batches(case.size, case.state, [case.x], case.grad_y,
                                                         rng=case.pick, batches=batches))
-        except CandidateError as exc:
+        except Exception as exc:  # noqa: BLE001 - as in start
             self._failed(case, exc)
 
     def finish(self, case: BatchCase) -> Dict[str, Any]:
         """The row part: timings merged over the rounds, the picked outputs judged. Then the worker
         releases its device memory for the next case."""
-        row = case.row
+        row, truth = case.row, None
         if not case.done and case.rounds:
-            truth = case.judge.truth(case.size, case.state, case.x)
+            try:
+                truth = case.judge.truth(case.size, case.state, case.x)
+            except Exception as exc:  # noqa: BLE001 - the harness's side failed: an error row, not a traceback
+                self._failed(case, exc)
+        if truth is not None:
             bad = [c for c in (truth.judge(y)[0][1] for r in case.rounds for _, y in r["checked"]) if not c.ok]
             timing = merge([r["timing"] for r in case.rounds])
             row.update(median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms,
@@ -207,6 +211,8 @@ class CandidateBench:
     @staticmethod
     def _failed(case: BatchCase, exc: Exception) -> None:
         msg = " ".join(str(exc).split())
+        if not isinstance(exc, CandidateError):  # the harness's own failure: say what raised
+            msg = f"{type(exc).__name__}: {msg}"
         case.row.update(status="oom" if "out of memory" in msg.lower() else "error", detail=msg)
         case.done = True
 

@@ -51,6 +51,13 @@ def torch_dtype_name(dtype: torch.dtype) -> str:
 GRAD_MODES = ("accumulate", "autograd_grad", "sum", "expanded", "transposed")
 
 
+def _grads(model: torch.nn.Module, xx: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
+    """The gradients after a backward, by name: 'x' and the module's parameter names."""
+    out = {"x": xx.grad}
+    out.update({n: p.grad for n, p in model.named_parameters()})
+    return out
+
+
 def train_calls(model: torch.nn.Module, xs, targets, steps: int, lr: float, momentum: float):
     """`steps` steps of torch.optim.SGD with momentum on ONE module, its parameters updated in place (so a
     cache keyed on storage or call count goes stale), cycling through the batches `xs`/`targets`;
@@ -110,9 +117,7 @@ def grad_mode_calls(model: torch.nn.Module, mode: str, x: torch.Tensor, grad_y: 
             y.backward(grad_y.expand(y.shape))
         else:
             y.backward(grad_y.t())
-    grads = {"x": xx.grad}
-    grads.update({n: p.grad for n, p in params})
-    return y, grads, facts
+    return y, _grads(model, xx), facts
 
 
 # The runs behind the compat checks (verify/compat.py): the worker runs them on the candidate, the builtin
@@ -125,12 +130,6 @@ COMPAT_MODES = ("compile", "autocast:bf16", "autocast:fp16", "cuda_graph", "seri
 def load_kwargs() -> Dict[str, Any]:
     """torch.load's safe mode where it exists (weights_only from torch 1.13; its default changed in 2.6)."""
     return {"weights_only": True} if "weights_only" in inspect.signature(torch.load).parameters else {}
-
-
-def _grads(model: torch.nn.Module, xx: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
-    out = {"x": xx.grad}
-    out.update({n: p.grad for n, p in model.named_parameters()})
-    return out
 
 
 def _forward_backward(fn, model, x, grad_y):

@@ -278,7 +278,7 @@ class RemoteRunner(Runner):
                "grad_y": grad_y.detach().cpu() if grad_y is not None else None,
                "fresh_seed": self.construction_seed(12345), "backend": compile_backend(self.device)}
         msg.update(self._state_fields(state))
-        # torch.compile in a fresh process: inductor's codegen took 20-40 s on the 2-core CPU machine.
+        # torch.compile in a fresh process: inductor's codegen (GPU runs) can outlast a short per-call limit.
         reply = self.request(msg, max(self.limits.call_s, COMPILE_S) if mode == "compile" else None)
         y = reply.get("y")
         if mode.startswith("autocast:") and isinstance(y, torch.Tensor):
